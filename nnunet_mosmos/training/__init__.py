@@ -1,0 +1,26 @@
+"""The MOSMOS trainers; ``nnunet_ext/`` re-exports everything listed in ``__all__``."""
+from nnunet_mosmos.training.nnUNetTrainerMOSMOS import nnUNetTrainerMOSMOS
+from nnunet_mosmos.training.variants import (
+    nnUNetTrainerMOSMOS_5epochs,
+    nnUNetTrainerMOSMOS_50epochs,
+    nnUNetTrainerMOSMOS_250epochs,
+    nnUNetTrainerMOSMOS_frozenPrompt,
+    nnUNetTrainerMOSMOS_lambda0p1,
+    nnUNetTrainerMOSMOS_lambda1p0,
+    nnUNetTrainerMOSMOS_noAlign,
+    nnUNetTrainerMOSMOS_tiny,
+    nnUNetTrainerMOSMOS_tiny_noAlign,
+)
+
+__all__ = [
+    "nnUNetTrainerMOSMOS",
+    "nnUNetTrainerMOSMOS_5epochs",
+    "nnUNetTrainerMOSMOS_50epochs",
+    "nnUNetTrainerMOSMOS_250epochs",
+    "nnUNetTrainerMOSMOS_frozenPrompt",
+    "nnUNetTrainerMOSMOS_lambda0p1",
+    "nnUNetTrainerMOSMOS_lambda1p0",
+    "nnUNetTrainerMOSMOS_noAlign",
+    "nnUNetTrainerMOSMOS_tiny",
+    "nnUNetTrainerMOSMOS_tiny_noAlign",
+]

@@ -1,0 +1,49 @@
+"""Tiny subclasses of :class:`nnUNetTrainerMOSMOS`, one changed class attribute each (nnU-Net style).
+
+Names follow nnU-Net's conventions (``_lambda0p1`` = 0.1, ``_5epochs``); use them with ``-tr``.
+"""
+from nnunet_mosmos.training.nnUNetTrainerMOSMOS import nnUNetTrainerMOSMOS
+
+
+# --- the lambda sweep of the paper (Fig. 5) and the ablation without the aligning loss ---------
+class nnUNetTrainerMOSMOS_lambda0p1(nnUNetTrainerMOSMOS):
+    aligning_loss_weight = 0.1
+
+
+class nnUNetTrainerMOSMOS_lambda1p0(nnUNetTrainerMOSMOS):
+    aligning_loss_weight = 1.0
+
+
+class nnUNetTrainerMOSMOS_noAlign(nnUNetTrainerMOSMOS):
+    """Same network, the branch is trained only through the segmentation loss."""
+    aligning_loss_weight = 0.0
+
+
+class nnUNetTrainerMOSMOS_frozenPrompt(nnUNetTrainerMOSMOS):
+    """The prompt context stays at its initial value (tag embeddings computed once)."""
+    train_prompt_context = False
+
+
+# --- shorter schedules ---------------------------------------------------------------------------
+class nnUNetTrainerMOSMOS_5epochs(nnUNetTrainerMOSMOS):
+    schedule = {"num_epochs": 5}
+
+
+class nnUNetTrainerMOSMOS_50epochs(nnUNetTrainerMOSMOS):
+    schedule = {"num_epochs": 50}
+
+
+class nnUNetTrainerMOSMOS_250epochs(nnUNetTrainerMOSMOS):
+    schedule = {"num_epochs": 250}
+
+
+class nnUNetTrainerMOSMOS_tiny(nnUNetTrainerMOSMOS):
+    """Smoke-test size for CPU and CI: 2 epochs of 4 + 2 iterations and a small tag decoder."""
+    schedule = {"num_epochs": 2, "num_iterations_per_epoch": 4, "num_val_iterations_per_epoch": 2,
+                "save_every": 1}
+    tag_decoder_kwargs = dict(d_model=64, num_heads=4, num_layers=2, ffn_dim=128, dropout=0.1,
+                              self_attention=True)
+
+
+class nnUNetTrainerMOSMOS_tiny_noAlign(nnUNetTrainerMOSMOS_tiny):
+    aligning_loss_weight = 0.0

@@ -1,0 +1,19 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_text_encoder import make_tiny_text_encoder  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_text_encoder(tmp_path_factory) -> Path:
+    """Folder of a tiny random BERT; also exported as MOSMOS_TEXT_ENCODER for the whole session."""
+    folder = make_tiny_text_encoder(tmp_path_factory.mktemp("tiny_bert"))
+    os.environ["MOSMOS_TEXT_ENCODER"] = str(folder)
+    return folder
