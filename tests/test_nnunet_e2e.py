@@ -1,0 +1,171 @@
+"""End to end through the UNMODIFIED nnU-Net commands, in subprocesses, on CPU.
+
+synthetic phantoms -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train -tr nnUNetTrainerMOSMOS_tiny
+(2d and 3d_fullres) -> nnUNetv2_predict / nnUNetv2_predict_from_modelfolder -> nnUNetv2_evaluate_folder,
+plus `--c` resume, a user's own trainer subclass in their own folder, and the real TotalSegmentator CT.
+Discovery goes through `export nnUNet_extTrainer=$(mosmos-ext-path)` exactly as README says.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+TS_DATA = Path(__file__).parent / "data" / "totalsegmentator"
+USER_TRAINER = '''
+from nnunet_mosmos.training import nnUNetTrainerMOSMOS_tiny
+
+
+class nnUNetTrainerMOSMOS_myLab(nnUNetTrainerMOSMOS_tiny):
+    aligning_loss_weight = 0.3
+'''
+
+
+def run(cmd, env, timeout=900):
+    if cmd[0] == "nnUNetv2_plan_and_preprocess":  # its VRAM estimate calls set_num_threads(n_proc_DA)
+        env = {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"}
+    proc = subprocess.run([str(BIN / cmd[0]), *map(str, cmd[1:])], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def nnunet_env(tmp_path_factory, tiny_text_encoder):
+    root = tmp_path_factory.mktemp("nnunet")
+    user_dir = root / "my_trainers"
+    user_dir.mkdir()
+    (user_dir / "my_lab_trainers.py").write_text(USER_TRAINER)
+    env = dict(os.environ)
+    env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
+               nnUNet_results=str(root / "results"), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="0",
+               nnUNet_compile="0", MOSMOS_TEXT_ENCODER=str(tiny_text_encoder), HF_HUB_OFFLINE="1",
+               nnUNet_extTrainer=str(user_dir))  # another folder is already there
+    env["nnUNet_extTrainer"] = run(["mosmos-ext-path"], env).stdout.strip()
+    assert env["nnUNet_extTrainer"].startswith(str(user_dir) + os.pathsep)
+    return env, root
+
+
+@pytest.fixture(scope="module")
+def phantom(nnunet_env):
+    env, root = nnunet_env
+    run(["mosmos-synthetic", "-o", root / "raw", "-d", 901, "--num-train", 4, "--num-test", 2,
+         "--shape", 16, 48, 48, "--seed", 0], env)
+    run(["nnUNetv2_plan_and_preprocess", "-d", 901, "-c", "2d", "3d_fullres", "-np", 2,
+         "--verify_dataset_integrity"], env)
+    pre = root / "pre" / "Dataset901_MOSMOSPhantom"
+    cases = sorted(p.name[:-len(".nii.gz")] for p in (root / "raw/Dataset901_MOSMOSPhantom/labelsTr").iterdir())
+    (pre / "splits_final.json").write_text(json.dumps([{"train": cases[:3], "val": cases[3:]}]))
+    return env, root
+
+
+def _model_dir(root, trainer, config, dataset="Dataset901_MOSMOSPhantom"):
+    return root / "results" / dataset / f"{trainer}__nnUNetPlans__{config}"
+
+
+@pytest.mark.parametrize("config", ["2d", "3d_fullres"])
+def test_train_predict_evaluate(phantom, config, tmp_path):
+    env, root = phantom
+    run(["nnUNetv2_train", 901, config, 0, "-tr", "nnUNetTrainerMOSMOS_tiny", "-device", "cpu"], env)
+    model = _model_dir(root, "nnUNetTrainerMOSMOS_tiny", config)
+    fold = model / "fold_0"
+    for name in ("checkpoint_final.pth", "progress.png", "progress_mosmos.png", "validation/summary.json"):
+        assert (fold / name).is_file(), name
+    log = next(fold.glob("training_log_*.txt")).read_text()
+    assert "train_align_loss" in log and "MOSMOS: text encoder" in log
+
+    # the plans in the model folder are enough to rebuild the network; state dict loads strictly
+    plans = json.loads((model / "plans.json").read_text())
+    block = plans["configurations"][config]["mosmos_tag_branch"]
+    assert block["prompts"] == ["liver", "spleen", "right kidney", "left kidney", "stomach", "aorta",
+                                "gallbladder"]
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    emb = ckpt["network_weights"]["tag_branch.tag_embeddings"]
+    assert emb.shape == (7, 32) and emb.abs().sum() > 0  # cached from the text encoder
+    assert set(ckpt["logging"]) >= {"train_seg_losses", "train_align_losses"}
+
+    out = tmp_path / "pred"
+    raw = root / "raw" / "Dataset901_MOSMOSPhantom"
+    run(["nnUNetv2_predict", "-i", raw / "imagesTs", "-o", out, "-d", 901, "-c", config, "-f", 0,
+         "-tr", "nnUNetTrainerMOSMOS_tiny", "-device", "cpu", "-npp", 1, "-nps", 1], env)
+    assert len(list(out.glob("*.nii.gz"))) == 2
+    run(["nnUNetv2_evaluate_folder", raw / "labelsTs", out, "-djfile", out / "dataset.json",
+         "-pfile", out / "plans.json"], env)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["mean"]) == {str(i) for i in range(1, 8)}
+
+
+def test_resume_with_c_and_predict_from_modelfolder(phantom, tmp_path):
+    env, root = phantom
+    run(["nnUNetv2_train", 901, "2d", 0, "-tr", "nnUNetTrainerMOSMOS_tiny_noAlign", "-device", "cpu"], env)
+    fold = _model_dir(root, "nnUNetTrainerMOSMOS_tiny_noAlign", "2d") / "fold_0"
+    before = torch.load(fold / "checkpoint_best.pth", map_location="cpu", weights_only=False)
+    (fold / "checkpoint_final.pth").unlink()
+    proc = run(["nnUNetv2_train", 901, "2d", 0, "-tr", "nnUNetTrainerMOSMOS_tiny_noAlign", "-device", "cpu",
+                "--c"], env)
+    after = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert after["current_epoch"] == 2 and before["current_epoch"] <= 2
+    assert len(after["logging"]["train_align_losses"]) == 2
+    assert "Epoch 0" not in proc.stdout or before["current_epoch"] == 0
+
+    out = tmp_path / "pred"
+    run(["nnUNetv2_predict_from_modelfolder", "-i", root / "raw/Dataset901_MOSMOSPhantom/imagesTs", "-o", out,
+         "-m", fold.parent, "-f", 0, "-device", "cpu", "-npp", 1, "-nps", 1], env)
+    assert len(list(out.glob("*.nii.gz"))) == 2
+
+
+def test_users_own_subclass_in_their_own_folder(phantom):
+    env, root = phantom
+    run(["nnUNetv2_train", 901, "2d", 0, "-tr", "nnUNetTrainerMOSMOS_myLab", "-device", "cpu"], env)
+    fold = _model_dir(root, "nnUNetTrainerMOSMOS_myLab", "2d") / "fold_0"
+    assert "lambda=0.3" in next(fold.glob("training_log_*.txt")).read_text()
+
+
+def test_real_totalsegmentator_ct_with_real_label_names(nnunet_env, tmp_path):
+    """The real CT of TotalSegmentator's tests, its (silver) labels remapped to consecutive ids."""
+    import SimpleITK as sitk
+
+    env, root = nnunet_env
+    class_map = json.loads((TS_DATA.parent / "totalsegmentator_class_map.json").read_text())["total"] \
+        if (TS_DATA.parent / "totalsegmentator_class_map.json").exists() else None
+    if class_map is None:
+        class_map = json.loads((Path(__file__).parent / "data" / "class_map_total_and_total_mr.json")
+                               .read_text())["total"]
+    seg = sitk.ReadImage(str(TS_DATA / "example_seg.nii.gz"))
+    arr = sitk.GetArrayFromImage(seg)
+    ids = [int(i) for i in np.unique(arr) if i and (arr == i).sum() >= 50]
+    remapped = np.zeros_like(arr, dtype=np.uint8)
+    for new, old in enumerate(ids, start=1):
+        remapped[arr == old] = new
+    ds = root / "raw" / "Dataset902_TotalSegCT"
+    (ds / "imagesTr").mkdir(parents=True)
+    (ds / "labelsTr").mkdir()
+    shutil.copy(TS_DATA / "example_ct_sm.nii.gz", ds / "imagesTr" / "ts_000_0000.nii.gz")
+    out_seg = sitk.GetImageFromArray(remapped)
+    out_seg.CopyInformation(seg)
+    sitk.WriteImage(out_seg, str(ds / "labelsTr" / "ts_000.nii.gz"))
+    labels = {"background": 0, **{class_map[str(old)]: new for new, old in enumerate(ids, start=1)}}
+    (ds / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": labels,
+                                                 "numTraining": 1, "file_ending": ".nii.gz"}))
+    run(["nnUNetv2_plan_and_preprocess", "-d", 902, "-c", "2d", "-np", 2], env)
+    run(["nnUNetv2_train", 902, "2d", "all", "-tr", "nnUNetTrainerMOSMOS_tiny", "-device", "cpu"], env)
+    model = _model_dir(root, "nnUNetTrainerMOSMOS_tiny", "2d", "Dataset902_TotalSegCT")
+    prompts = json.loads((model / "plans.json").read_text())["configurations"]["2d"]["mosmos_tag_branch"]["prompts"]
+    assert len(prompts) == len(ids)
+    for expected in ("right kidney", "inferior vena cava", "liver", "spleen"):
+        assert expected in prompts
+    out = tmp_path / "pred"
+    run(["nnUNetv2_predict", "-i", ds / "imagesTr", "-o", out, "-d", 902, "-c", "2d", "-f", "all",
+         "-tr", "nnUNetTrainerMOSMOS_tiny", "-device", "cpu", "-npp", 1, "-nps", 1], env)
+    pred = sitk.ReadImage(str(out / "ts_000.nii.gz"))
+    assert pred.GetSize() == seg.GetSize() and np.allclose(pred.GetSpacing(), seg.GetSpacing())
