@@ -3,24 +3,30 @@ from nnunet_mosmos.training.nnUNetTrainerMOSMOS import nnUNetTrainerMOSMOS
 from nnunet_mosmos.training.variants import (
     nnUNetTrainerMOSMOS_5epochs,
     nnUNetTrainerMOSMOS_50epochs,
+    nnUNetTrainerMOSMOS_demo,
     nnUNetTrainerMOSMOS_250epochs,
     nnUNetTrainerMOSMOS_frozenPrompt,
     nnUNetTrainerMOSMOS_lambda0p1,
     nnUNetTrainerMOSMOS_lambda1p0,
     nnUNetTrainerMOSMOS_noAlign,
+    nnUNetTrainerMOSMOS_scratch,
     nnUNetTrainerMOSMOS_tiny,
     nnUNetTrainerMOSMOS_tiny_noAlign,
+    nnUNetTrainerMOSMOS_tiny_scratch,
 )
 
 __all__ = [
     "nnUNetTrainerMOSMOS",
     "nnUNetTrainerMOSMOS_5epochs",
     "nnUNetTrainerMOSMOS_50epochs",
+    "nnUNetTrainerMOSMOS_demo",
     "nnUNetTrainerMOSMOS_250epochs",
     "nnUNetTrainerMOSMOS_frozenPrompt",
     "nnUNetTrainerMOSMOS_lambda0p1",
     "nnUNetTrainerMOSMOS_lambda1p0",
     "nnUNetTrainerMOSMOS_noAlign",
+    "nnUNetTrainerMOSMOS_scratch",
     "nnUNetTrainerMOSMOS_tiny",
     "nnUNetTrainerMOSMOS_tiny_noAlign",
+    "nnUNetTrainerMOSMOS_tiny_scratch",
 ]

@@ -12,8 +12,14 @@ subclasses). What this trainer adds to ``nnUNetTrainer``:
 * ``loss = nnU-Net Dice+CE (deep supervision) + lambda * pixel-tag aligning loss``, with both parts
   logged every epoch (log file, ``progress_mosmos.png``).
 
-Environment variables: ``MOSMOS_TEXT_ENCODER`` (HF id or folder; default: the offline
-all-MiniLM-L6-v2 of ``nnunet-mosmos[text]``), ``MOSMOS_PROMPTS`` (JSON file label name -> prompt).
+* initialisation from a MOSMOS pre-training checkpoint (encoder, tag decoder, prompt context; 2D
+  kernels inflated for 3D, stem adapted to the input channels), found at ``$MOSMOS_PRETRAINED`` or
+  at the conventional ``$nnUNet_preprocessed/DatasetXXX/mosmos_pretrained/<plans>__<config>.pt``;
+  without one the branch trains from scratch and the log says so.
+
+Environment variables: ``MOSMOS_TEXT_ENCODER`` (HF id or folder; default: the checkpoint's text
+encoder, else the offline all-MiniLM-L6-v2 of ``nnunet-mosmos[text]``), ``MOSMOS_PROMPTS`` (JSON
+file label name -> prompt), ``MOSMOS_PRETRAINED`` (checkpoint path).
 """
 from __future__ import annotations
 
@@ -30,14 +36,18 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
+from nnunet_mosmos.checkpoint import load_mosmos_checkpoint
 from nnunet_mosmos.encoders import stage_for_stride
 from nnunet_mosmos.losses import PixelTagAligningLoss
 from nnunet_mosmos.network import MOSMOSNetwork, TagBranchConfig, build_mosmos_network
+from nnunet_mosmos.pretrained import load_pretrained, summarise, used
 from nnunet_mosmos.tags import class_prompts
-from nnunet_mosmos.text import TextEncoder, resolve_text_encoder, text_encoder_dim
+from nnunet_mosmos.text import ENV_TEXT_ENCODER, TextEncoder, resolve_text_encoder, text_encoder_dim
 
 PLANS_KEY = "mosmos_tag_branch"
 ENV_PROMPTS = "MOSMOS_PROMPTS"
+ENV_PRETRAINED = "MOSMOS_PRETRAINED"
+PRETRAINED_SUBFOLDER = "mosmos_pretrained"
 EXTRA_LOG_KEYS = ("train_seg_losses", "train_align_losses", "train_align_spatial", "train_align_presence")
 
 
@@ -59,6 +69,8 @@ class nnUNetTrainerMOSMOS(nnUNetTrainer):
     train_prompt_context: bool = True
     #: nnU-Net schedule overrides, e.g. {"num_epochs": 2, "num_iterations_per_epoch": 4}
     schedule: dict | None = None
+    #: look for a pre-training checkpoint ($MOSMOS_PRETRAINED, then the conventional location)
+    use_pretrained: bool = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -69,12 +81,41 @@ class nnUNetTrainerMOSMOS(nnUNetTrainer):
             raise RuntimeError(f"{self.__class__.__name__} supports label-based datasets only; this "
                                "dataset.json defines regions. Train it with plain nnUNetTrainer.")
         self.class_prompts = class_prompts(dataset_json["labels"], os.environ.get(ENV_PROMPTS) or None)
-        self.text_encoder_name = resolve_text_encoder(None)
+        self.pretrained_path = self._locate_pretrained()
+        self.pretrained = load_mosmos_checkpoint(self.pretrained_path) if self.pretrained_path else None
+        self.text_encoder_name = self._choose_text_encoder()
         self._write_branch_plans(self._branch_config(text_encoder_dim(self.text_encoder_name)))
         self.text_encoder: TextEncoder | None = None
         self.aligning_loss = PixelTagAligningLoss(self.presence_loss_weight, self.label_manager.ignore_label)
         for key in EXTRA_LOG_KEYS:
             self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
+
+    # ------------------------------------------------------------------ pre-trained weights
+    def _locate_pretrained(self) -> str | None:
+        if not self.use_pretrained:
+            return None
+        explicit = os.environ.get(ENV_PRETRAINED)
+        if explicit:
+            if not os.path.isfile(explicit):
+                raise FileNotFoundError(f"{ENV_PRETRAINED}={explicit} does not exist. Point it at a file "
+                                        "written by `mosmos-pretrain -o FILE.pt`, or unset it.")
+            return explicit
+        if self.preprocessed_dataset_folder_base is None:
+            return None
+        conventional = os.path.join(self.preprocessed_dataset_folder_base, PRETRAINED_SUBFOLDER,
+                                    f"{self.plans_manager.plans_name}__{self.configuration_name}.pt")
+        return conventional if os.path.isfile(conventional) else None
+
+    def _choose_text_encoder(self) -> str:
+        """Explicit $MOSMOS_TEXT_ENCODER > the checkpoint's text encoder (if present here) > default."""
+        if os.environ.get(ENV_TEXT_ENCODER) or self.pretrained is None:
+            return resolve_text_encoder(None)
+        name = self.pretrained["text_encoder"]["name_or_path"]
+        if name.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(name)):
+            self.print_to_log_file(f"WARNING: the checkpoint's text encoder {name} is not on this machine; "
+                                   f"set {ENV_TEXT_ENCODER} to a copy of it. Using the default instead.")
+            return resolve_text_encoder(None)
+        return name
 
     # ------------------------------------------------------------------ network + plans
     def _branch_config(self, text_dim: int) -> TagBranchConfig:
@@ -86,8 +127,18 @@ class nnUNetTrainerMOSMOS(nnUNetTrainer):
         if not -n_stages <= stage < n_stages:
             raise ValueError(f"{self.__class__.__name__}.tag_branch_stage={stage} but configuration "
                              f"'{self.configuration_name}' has {n_stages} encoder stages")
+        decoder_kwargs, n_ctx = dict(self.tag_decoder_kwargs), self.n_ctx
+        if self.pretrained is not None:  # shape the branch like the pre-trained one so it loads
+            pre = self.pretrained["tag_decoder"]
+            decoder_kwargs = {k: pre["config"][k] for k in decoder_kwargs if k in pre["config"]}
+            n_ctx = int(self.pretrained["prompt_context"].shape[0])
+            features = arch.get("features_per_stage", [])
+            pre_stage = int(pre.get("stage", -1))
+            if self.tag_branch_stage is None and 0 <= pre_stage < n_stages \
+                    and features[pre_stage] == pre["config"].get("visual_channels"):
+                stage = pre_stage
         return TagBranchConfig(num_tags=len(self.class_prompts), text_dim=text_dim, stage=stage % n_stages,
-                               n_ctx=self.n_ctx, **self.tag_decoder_kwargs)
+                               n_ctx=n_ctx, **decoder_kwargs)
 
     def _write_branch_plans(self, config: TagBranchConfig) -> None:
         """Store the branch in plans.json (nnU-Net copies it into the model folder at train start)."""
@@ -118,11 +169,26 @@ class nnUNetTrainerMOSMOS(nnUNetTrainer):
         self.text_encoder = TextEncoder(self.text_encoder_name).to(self.device)
         prompt = self._net().tag_branch.prompt
         with torch.no_grad():
-            prompt.ctx.copy_(self.text_encoder.context_init(self.context_init, self.n_ctx))
+            prompt.ctx.copy_(self.text_encoder.context_init(self.context_init, prompt.ctx.shape[0]))
+        self._load_pretrained()
         self.print_to_log_file(
             f"MOSMOS: text encoder {self.text_encoder_name}; prompts {self.class_prompts}; tag branch "
             f"{self._net().branch_config}; lambda={self.aligning_loss_weight}")
         self.refresh_tag_embeddings()
+
+    def _load_pretrained(self) -> None:
+        if self.pretrained is None:
+            self.print_to_log_file(
+                "MOSMOS: no pre-training checkpoint (set MOSMOS_PRETRAINED or run `mosmos-pretrain -d "
+                f"{self.plans_manager.dataset_name} -c {self.configuration_name}`): the encoder starts from "
+                "nnU-Net's random init and the tag branch trains from scratch.")
+            return
+        reports = load_pretrained(self._net(), self.pretrained, self.pretrained_path)
+        self.print_to_log_file(f"MOSMOS: initialised from {self.pretrained_path}")
+        for part, report in reports.items():
+            partial = report["missing"] or report["mismatched"]
+            prefix = "WARNING: partial fit, " if partial and used(report) else ""
+            self.print_to_log_file("MOSMOS:", prefix + summarise(part, report))
 
     # ------------------------------------------------------------------ tag embeddings
     def _tag_embeddings(self) -> torch.Tensor:

@@ -47,3 +47,20 @@ class nnUNetTrainerMOSMOS_tiny(nnUNetTrainerMOSMOS):
 
 class nnUNetTrainerMOSMOS_tiny_noAlign(nnUNetTrainerMOSMOS_tiny):
     aligning_loss_weight = 0.0
+
+
+# --- fair comparisons ----------------------------------------------------------------------------
+class nnUNetTrainerMOSMOS_scratch(nnUNetTrainerMOSMOS):
+    """Same network, never loads a pre-training checkpoint (the from-scratch twin)."""
+    use_pretrained = False
+
+
+class nnUNetTrainerMOSMOS_tiny_scratch(nnUNetTrainerMOSMOS_tiny):
+    use_pretrained = False
+
+
+class nnUNetTrainerMOSMOS_demo(nnUNetTrainerMOSMOS):
+    """The schedule of `mosmos-demo` (a few minutes on a laptop CPU)."""
+    schedule = {"num_epochs": 6, "num_iterations_per_epoch": 20, "num_val_iterations_per_epoch": 5}
+    tag_decoder_kwargs = dict(d_model=128, num_heads=4, num_layers=2, ffn_dim=256, dropout=0.1,
+                              self_attention=True)

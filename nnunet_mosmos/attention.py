@@ -1,0 +1,219 @@
+"""Pixel-tag attention maps for people: NIfTI maps aligned with the input + PNG overlays.
+
+From a trained model folder, nnU-Net does all the geometry: its preprocessor, its sliding-window
+predictor (Gaussian-weighted aggregation over tiles) and its export steps (resampling back,
+un-cropping, un-transposing). The only trick is :class:`AttentionAsLogits`, which makes the
+network's "logits" the (mean-1 rescaled, upsampled) attention maps, so the predictor aggregates
+maps exactly as it aggregates predictions. Maps are written with the same spacing/origin/direction
+nnU-Net writes its segmentations with.
+
+From a pre-training checkpoint alone (no segmentation labels ever seen), see ``pretrained_maps``:
+image-level tag probabilities (organ presence) and per-tag maps, slice-wise for 3D volumes.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class AttentionAsLogits(nn.Module):
+    """Wraps a MOSMOSNetwork: output channel 0 is zero, channels 1..K the tag maps at input size."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.net = network
+
+    def forward(self, x):
+        net = self.net
+        skips = net.encoder(x)
+        tags = net.tag_branch.decoder(skips[net.branch_config.stage], net.tag_branch.tag_embeddings)
+        maps = tags.attention * math.prod(tags.attention.shape[2:])
+        maps = F.interpolate(maps, size=x.shape[2:], mode="trilinear" if x.ndim == 5 else "bilinear",
+                             align_corners=False)
+        return torch.cat([torch.zeros_like(maps[:, :1]), maps], dim=1)
+
+
+def _write_like_nnunet(array: np.ndarray, path: Path, properties: dict) -> None:
+    import SimpleITK as sitk
+
+    if "sitk_stuff" not in properties:
+        raise RuntimeError("attention export supports SimpleITK-readable images (NIfTI, MHA, NRRD) only")
+    if len(properties["sitk_stuff"]["spacing"]) == 2:
+        array = array[0]
+    image = sitk.GetImageFromArray(array.astype(np.float32, copy=False))
+    image.SetSpacing(properties["sitk_stuff"]["spacing"])
+    image.SetOrigin(properties["sitk_stuff"]["origin"])
+    image.SetDirection(properties["sitk_stuff"]["direction"])
+    sitk.WriteImage(image, str(path), True)
+
+
+def _to_original_geometry(maps: torch.Tensor, predictor, properties: dict) -> np.ndarray:
+    """K x preprocessed-shape maps -> K x original image array (nnU-Net's export steps)."""
+    from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+
+    pm, cm = predictor.plans_manager, predictor.configuration_manager
+    spacing_t = [properties["spacing"][i] for i in pm.transpose_forward]
+    current = cm.spacing if len(cm.spacing) == len(properties["shape_after_cropping_and_before_resampling"]) \
+        else [spacing_t[0], *cm.spacing]
+    resampled = cm.resampling_fn_probabilities(maps, properties["shape_after_cropping_and_before_resampling"],
+                                               current, spacing_t)
+    resampled = torch.as_tensor(np.asarray(resampled)) if not isinstance(resampled, torch.Tensor) else resampled
+    full = torch.zeros((resampled.shape[0], *properties["shape_before_cropping"]), dtype=torch.float32)
+    full = insert_crop_into_image(full, resampled.float(), properties["bbox_used_for_cropping"])
+    return np.asarray(full).transpose([0] + [i + 1 for i in pm.transpose_backward])
+
+
+def overlay_png(image: np.ndarray, maps: np.ndarray, names: list[str], path: Path, title: str = "") -> Path:
+    """One figure: per tag, the slice where its attention mass is largest, map over image.
+
+    ``image`` is z x y x x (or y x x), ``maps`` K x same.
+    """
+    import matplotlib
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    if image.ndim == 2:
+        image, maps = image[None], maps[:, None]
+    lo, hi = np.percentile(image, [1, 99])
+    k = len(names)
+    cols = min(4, k)
+    rows = math.ceil(k / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= k:
+            continue
+        z = int(np.argmax(maps[i].reshape(maps.shape[1], -1).sum(1)))
+        ax.imshow(np.clip((image[z] - lo) / max(hi - lo, 1e-6), 0, 1), cmap="gray")
+        ax.imshow(maps[i, z], cmap="jet", alpha=0.45)
+        ax.set_title(f"{names[i]} (z={z})", fontsize=10)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def model_folder_maps(model_folder: str | Path, input_files: list[list[str]], output_folder: str | Path,
+                      fold="0", checkpoint_name: str = "checkpoint_final.pth", device: str = "cpu",
+                      png: bool = True) -> list[Path]:
+    """Write ``<case>_attention_<tag>.nii.gz`` (+ ``<case>_attention.png``) for each case.
+
+    ``input_files``: per case the list of channel files, nnU-Net style (``CASE_0000.nii.gz``, ...).
+    """
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    output_folder = Path(output_folder)
+    output_folder.mkdir(parents=True, exist_ok=True)
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=False, device=torch.device(device),
+                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    fold = fold if fold == "all" else int(fold)
+    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold,),
+                                                   checkpoint_name=checkpoint_name)
+    net = predictor.network
+    if not hasattr(net, "tag_branch"):
+        raise ValueError(f"{model_folder} was not trained with a MOSMOS trainer (its network has no tag "
+                         "branch); attention maps need -tr nnUNetTrainerMOSMOS.")
+    cfg = predictor.configuration_manager.configuration["mosmos_tag_branch"]
+    names = cfg["prompts"]
+    net.load_state_dict(predictor.list_of_parameters[0])
+    predictor.network = AttentionAsLogits(net).eval()
+    predictor.list_of_parameters = [predictor.network.state_dict()]
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    written = []
+    for files in input_files:
+        case = Path(files[0]).name.split(".")[0].rsplit("_", 1)[0]
+        data, _, props = preprocessor.run_case(files, None, predictor.plans_manager,
+                                               predictor.configuration_manager, predictor.dataset_json)
+        with torch.no_grad():
+            maps = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data).float())[1:]
+        maps = _to_original_geometry(maps, predictor, props)
+        for name, m in zip(names, maps):
+            path = output_folder / f"{case}_attention_{name.replace(' ', '_')}.nii.gz"
+            _write_like_nnunet(m, path, props)
+            written.append(path)
+        if png:
+            image = predictor.plans_manager.image_reader_writer_class().read_images(files[:1])[0][0]
+            written.append(overlay_png(image, maps, names, output_folder / f"{case}_attention.png",
+                                       f"{case}: pixel-tag attention"))
+    (output_folder / "attention_maps.json").write_text(json.dumps(
+        {"model_folder": str(model_folder), "fold": str(fold), "tags": names,
+         "files": [str(p.name) for p in written]}, indent=2))
+    return written
+
+
+def _zscore_resize(slice_2d: np.ndarray, size) -> torch.Tensor:
+    x = torch.from_numpy(slice_2d.astype(np.float32))
+    x = (x - x.mean()) / x.std().clamp_min(1e-6)
+    return F.interpolate(x[None, None], size=tuple(size), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def pretrained_maps(checkpoint: str | Path, image_files: list[str], output_folder: str | Path,
+                    text_encoder: str | None = None, device: str = "cpu", png: bool = True,
+                    batch_size: int = 16) -> dict:
+    """Organ presence and per-tag maps from a pre-training checkpoint alone (no labels needed).
+
+    2D images (PNG/JPG or 2D NIfTI) are one prediction; 3D volumes are processed slice by slice
+    (axial, as pre-training saw them) and a tag's volume probability is its maximum over slices.
+    Writes ``tag_probabilities.json``, per-tag NIfTI maps for 3D inputs (input geometry) and PNGs.
+    """
+    import SimpleITK as sitk
+
+    from nnunet_mosmos.checkpoint import build_encoder, load_mosmos_checkpoint
+    from nnunet_mosmos.tag_decoder import TagDecoder
+    from nnunet_mosmos.text import TextEncoder
+
+    ckpt = load_mosmos_checkpoint(checkpoint)
+    dev = torch.device(device)
+    encoder = build_encoder(ckpt["encoder"])
+    encoder.load_state_dict(ckpt["encoder"]["state_dict"])
+    decoder = TagDecoder(**ckpt["tag_decoder"]["config"])
+    decoder.load_state_dict(ckpt["tag_decoder"]["state_dict"])
+    encoder, decoder = encoder.to(dev).eval(), decoder.to(dev).eval()
+    text = TextEncoder(text_encoder or ckpt["text_encoder"]["name_or_path"]).to(dev)
+    tags = list(ckpt["vocabulary"])
+    queries = text.encode_prompts(ckpt["prompt_context"].to(dev), tags)
+    size = ckpt["preprocessing"]["image_size"]
+    size = [size, size] if isinstance(size, int) else list(size)[-2:]
+    stage = ckpt["tag_decoder"]["stage"]
+    output_folder = Path(output_folder)
+    output_folder.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for file in image_files:
+        image = sitk.ReadImage(str(file))
+        if image.GetNumberOfComponentsPerPixel() > 1:  # RGB PNG -> grey
+            image = sitk.VectorIndex(image, 0)
+        array = sitk.GetArrayFromImage(image).astype(np.float32)
+        volume = array if array.ndim == 3 else array[None]
+        probs, maps = [], []
+        for start in range(0, volume.shape[0], batch_size):
+            x = torch.cat([_zscore_resize(s, size) for s in volume[start:start + batch_size]]).to(dev)
+            out = decoder(encoder(x)[stage], queries)
+            probs.append(torch.sigmoid(out.logits).cpu())
+            m = F.interpolate(out.attention * math.prod(out.attention.shape[2:]), size=volume.shape[1:],
+                              mode="bilinear", align_corners=False)
+            maps.append(m.cpu())
+        probs, maps = torch.cat(probs), torch.cat(maps).transpose(0, 1).numpy()  # K x z x y x x
+        name = Path(file).name.split(".")[0]
+        results[name] = {t: round(float(p), 4) for t, p in zip(tags, probs.max(0).values)}
+        if array.ndim == 3:
+            for t, m in zip(tags, maps):
+                out_image = sitk.GetImageFromArray(m.astype(np.float32))
+                out_image.CopyInformation(image)
+                sitk.WriteImage(out_image, str(output_folder / f"{name}_attention_{t.replace(' ', '_')}.nii.gz"), True)
+        if png:
+            top = [i for i, _ in sorted(enumerate(probs.max(0).values), key=lambda kv: -kv[1])[:8]]
+            overlay_png(volume, maps[top], [f"{tags[i]} p={results[name][tags[i]]:.2f}" for i in top],
+                        output_folder / f"{name}_attention.png", f"{name}: tags from the pre-trained model")
+    (output_folder / "tag_probabilities.json").write_text(json.dumps(results, indent=2))
+    return results
