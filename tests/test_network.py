@@ -91,3 +91,50 @@ def test_stage_for_stride_picks_in_plane_stride_16():
     strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]
     assert stage_for_stride(strides, 16) == 4
     assert stage_for_stride([[1, 1], [2, 2], [2, 2]], 16) == 2
+
+
+def test_training_and_inference_builds_have_identical_state_dicts():
+    """nnU-Net predicts with build_network_architecture(..., enable_deep_supervision=False) and a
+    strict load of the trained weights: both builds must agree key-for-key, shape-for-shape."""
+    from nnunet_mosmos.training import nnUNetTrainerMOSMOS
+
+    cm = configuration(3, residual=True)
+    cfg = TagBranchConfig(num_tags=3, text_dim=16, stage=2, d_model=32, num_heads=4, ffn_dim=64)
+    cm.configuration["mosmos_tag_branch"] = {"tag_branch": cfg.to_dict(), "prompts": ["a", "b", "c"]}
+    train = nnUNetTrainerMOSMOS.build_network_architecture(None, cm, 1, 4, True)
+    infer = nnUNetTrainerMOSMOS.build_network_architecture(None, cm, 1, 4, False)
+    a, b = train.state_dict(), infer.state_dict()
+    assert list(a) == list(b) and all(a[k].shape == b[k].shape for k in a)
+    train.tag_branch.tag_embeddings.normal_()
+    infer.load_state_dict(train.state_dict(), strict=True)
+    x = torch.randn(1, 1, *cm.patch_size)
+    train.eval(), infer.eval()
+    train.decoder.deep_supervision = False
+    with torch.no_grad():
+        assert torch.equal(train(x), infer(x))
+
+
+def test_inference_build_without_the_plans_block_says_what_to_do():
+    from nnunet_mosmos.training import nnUNetTrainerMOSMOS
+
+    class FakePlans:
+        dataset_name = "Dataset001_X"
+
+    with pytest.raises(RuntimeError, match="mosmos_tag_branch.*trained with nnUNetTrainerMOSMOS"):
+        nnUNetTrainerMOSMOS.build_network_architecture(FakePlans(), configuration(2), 1, 3, False)
+
+
+@pytest.mark.slow
+def test_network_compiles_as_one_graph_for_training_and_inference():
+    """nnU-Net compiles the network by default on CUDA; the branch must not break the graph.
+    (aot_eager checks capture + autograd without needing a GPU or a C++ toolchain.)"""
+    cm, _, net = _pair(3, False)
+    x = torch.randn(2, 1, *cm.patch_size)
+    emb = torch.randn(3, 16, requires_grad=True)
+    out = torch.compile(net, backend="aot_eager", fullgraph=True)(x, tag_embeddings=emb)
+    (out.seg[0].sum() + out.attention.sum() + out.tag_logits.sum()).backward()
+    assert emb.grad is not None and emb.grad.abs().sum() > 0
+    net.eval()
+    with torch.no_grad():
+        compiled = torch.compile(net, backend="aot_eager", fullgraph=True)(x)
+        assert torch.allclose(compiled[0], net(x)[0], atol=1e-5)

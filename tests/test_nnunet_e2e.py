@@ -188,3 +188,46 @@ def test_real_totalsegmentator_ct_with_real_label_names(nnunet_env, tmp_path):
          "-tr", "nnUNetTrainerMOSMOS_tiny", "-device", "cpu", "-npp", 1, "-nps", 1], env)
     pred = sitk.ReadImage(str(out / "ts_000.nii.gz"))
     assert pred.GetSize() == seg.GetSize() and np.allclose(pred.GetSpacing(), seg.GetSpacing())
+
+
+def _fails(cmd, env):
+    proc = subprocess.run([str(BIN / cmd[0]), *map(str, cmd[1:])], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode != 0, f"{cmd} should have failed"
+    return proc.stdout + proc.stderr
+
+
+def test_bad_input_gives_a_clear_error_and_nonzero_exit(phantom, tmp_path):
+    env, root = phantom
+    train = ["nnUNetv2_train", 901, "2d", 0, "-tr", "nnUNetTrainerMOSMOS_tiny", "-device", "cpu"]
+
+    # a text encoder folder that is not a model
+    out = _fails(train, {**env, "MOSMOS_TEXT_ENCODER": str(tmp_path)})
+    assert "has no config.json" in out and "MOSMOS_TEXT_ENCODER" in out
+
+    # a configuration the plans do not have
+    out = _fails(["nnUNetv2_train", 901, "3d_lowres", 0, "-tr", "nnUNetTrainerMOSMOS_tiny", "-device", "cpu"], env)
+    assert "3d_lowres" in out and "Available configurations" in out
+
+    # a label name that yields an empty prompt
+    pre = root / "pre"
+    bad = pre / "Dataset903_BadLabel"
+    shutil.copytree(pre / "Dataset901_MOSMOSPhantom", bad)
+    ds = json.loads((bad / "dataset.json").read_text())
+    ds["labels"] = {"background": 0, "___": 1, **{k: v for k, v in ds["labels"].items() if v > 1}}
+    (bad / "dataset.json").write_text(json.dumps(ds))
+    plans = json.loads((bad / "nnUNetPlans.json").read_text())
+    plans["dataset_name"] = bad.name
+    (bad / "nnUNetPlans.json").write_text(json.dumps(plans))
+    out = _fails(["nnUNetv2_train", 903, "2d", 0, "-tr", "nnUNetTrainerMOSMOS_tiny", "-device", "cpu"], env)
+    assert "label '___' gives an empty text prompt" in out and "MOSMOS_PROMPTS" in out
+
+    # the documented fix works: an override file gives the class a prompt
+    override = tmp_path / "prompts.json"
+    override.write_text(json.dumps({"___": "liver"}))
+    proc = subprocess.run([str(BIN / "nnUNetv2_train"), "903", "2d", "0", "-tr", "nnUNetTrainerMOSMOS_tiny",
+                           "-device", "cpu", "--val"], env={**env, "MOSMOS_PROMPTS": str(override)},
+                          capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert "empty text prompt" not in out  # the trainer was built ...
+    assert "training is not finished" in out  # ... and nnU-Net went on to look for a checkpoint

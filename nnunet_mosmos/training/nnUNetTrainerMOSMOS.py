@@ -80,7 +80,11 @@ class nnUNetTrainerMOSMOS(nnUNetTrainer):
         if self.label_manager.has_regions:
             raise RuntimeError(f"{self.__class__.__name__} supports label-based datasets only; this "
                                "dataset.json defines regions. Train it with plain nnUNetTrainer.")
-        self.class_prompts = class_prompts(dataset_json["labels"], os.environ.get(ENV_PROMPTS) or None)
+        try:
+            self.class_prompts = class_prompts(dataset_json["labels"], os.environ.get(ENV_PROMPTS) or None)
+        except ValueError as e:
+            raise ValueError(f"{e}\nWith nnUNetv2_train, point the environment variable {ENV_PROMPTS} at "
+                             "that JSON file.") from None
         self.pretrained_path = self._locate_pretrained()
         self.pretrained = load_mosmos_checkpoint(self.pretrained_path) if self.pretrained_path else None
         self.text_encoder_name = self._choose_text_encoder()
