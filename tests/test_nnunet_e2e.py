@@ -26,6 +26,11 @@ from nnunet_mosmos.training import nnUNetTrainerMOSMOS_tiny
 
 class nnUNetTrainerMOSMOS_myLab(nnUNetTrainerMOSMOS_tiny):
     aligning_loss_weight = 0.3
+
+
+class nnUNetTrainerMOSMOS_lr0(nnUNetTrainerMOSMOS_tiny):
+    """learning rate 0: the final weights are the initial ones, so loading can be checked exactly"""
+    schedule = {**nnUNetTrainerMOSMOS_tiny.schedule, "initial_lr": 0.0}
 '''
 
 
@@ -231,3 +236,45 @@ def test_bad_input_gives_a_clear_error_and_nonzero_exit(phantom, tmp_path):
     out = proc.stdout + proc.stderr
     assert "empty text prompt" not in out  # the trainer was built ...
     assert "training is not finished" in out  # ... and nnU-Net went on to look for a checkpoint
+
+
+@pytest.mark.parametrize("config", ["2d", "3d_fullres"])
+def test_pretrain_then_finetune_starts_from_the_pretrained_tensors(phantom, config, tmp_path):
+    """mosmos-pretrain -> nnUNetv2_train: 2d from the conventional location, 3d_fullres via
+    MOSMOS_PRETRAINED; with lr 0 the trained network must hold exactly the pre-trained tensors."""
+    from nnunet_mosmos.checkpoint import load_mosmos_checkpoint
+    from nnunet_mosmos.encoders import inflate_tensor
+
+    env, root = phantom
+    conventional = root / "pre" / "Dataset901_MOSMOSPhantom" / "mosmos_pretrained" / f"nnUNetPlans__{config}.pt"
+    target = conventional if config == "2d" else tmp_path / "pre3d.pt"
+    train_env = dict(env) if config == "2d" else {**env, "MOSMOS_PRETRAINED": str(target)}
+    try:
+        run(["mosmos-pretrain", "--data", "synthetic", "-d", 901, "-c", config, "--max-steps", 3,
+             "--batch-size", 4, "--num-workers", 0, "--device", "cpu", "--no-progress-bar",
+             *([] if config == "2d" else ["-o", target])], env)
+        assert target.is_file()
+        run(["nnUNetv2_train", 901, config, 0, "-tr", "nnUNetTrainerMOSMOS_lr0", "-device", "cpu"], train_env)
+        pre = load_mosmos_checkpoint(target)
+    finally:
+        conventional.unlink(missing_ok=True)  # later tests must not pick it up
+    fold = _model_dir(root, "nnUNetTrainerMOSMOS_lr0", config) / "fold_0"
+    log = next(fold.glob("training_log_*.txt")).read_text()
+    assert f"MOSMOS: initialised from {target}" in log
+    import re
+    counts = re.search(r"MOSMOS: encoder: (\d+) loaded, (\d+) inflated 2D->3D, (\d+) adapted to new input "
+                       r"channels, (\d+) skipped", log)
+    loaded, inflated, adapted, skipped = map(int, counts.groups())
+    assert loaded + inflated > 0 and skipped == 0 and adapted == 0
+    if config == "2d":
+        assert inflated == 0
+
+    net = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+    entry = pre["encoder_3d"] if config == "3d_fullres" and pre.get("encoder_3d") else pre["encoder"]
+    for key, value in entry["state_dict"].items():
+        got = net[f"encoder.{key}"]
+        expected = value if value.shape == got.shape else inflate_tensor(value, got.shape)
+        assert torch.allclose(got, expected, atol=1e-6), key
+    for key, value in pre["tag_decoder"]["state_dict"].items():
+        assert torch.allclose(net[f"tag_branch.decoder.{key}"], value, atol=1e-6), key
+    assert torch.allclose(net["tag_branch.prompt.ctx"], pre["prompt_context"])

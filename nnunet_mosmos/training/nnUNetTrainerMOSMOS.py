@@ -119,7 +119,7 @@ class nnUNetTrainerMOSMOS(nnUNetTrainer):
             self.print_to_log_file(f"WARNING: the checkpoint's text encoder {name} is not on this machine; "
                                    f"set {ENV_TEXT_ENCODER} to a copy of it. Using the default instead.")
             return resolve_text_encoder(None)
-        return name
+        return resolve_text_encoder(name)
 
     # ------------------------------------------------------------------ network + plans
     def _branch_config(self, text_dim: int) -> TagBranchConfig:

@@ -1,0 +1,266 @@
+"""The one-file contract between pre-training and fine-tuning: write, read, check, describe.
+
+Why a format of our own instead of a raw ``state_dict``: fine-tuning must know *what* it is loading
+(which encoder topology, which stage the tag decoder reads, which text encoder and tags the prompt
+context was learned with, how images were normalised) and say precisely what is wrong when a file
+does not fit. Everything is plain tensors / lists / dicts / str / numbers, so the file loads with
+``torch.load(..., weights_only=True, map_location="cpu")``: no pickled classes, no GPU needed, no
+code execution when opening a file someone sent you.
+
+Payload (version 1)::
+
+    format: "nnunet-mosmos-checkpoint"   version: 1
+    encoder:      {arch_class_name, arch_kwargs (plans style, op names as strings),
+                   arch_kwargs_req_import, input_channels, dim, state_dict}   # keys of ``net.encoder``
+    encoder_3d:   same structure, inflated for a 3D configuration (optional)
+    tag_decoder:  {config (TagDecoder kwargs), stage, state_dict}
+    prompt_context: tensor n_ctx x text_dim
+    text_encoder: {name_or_path, dim, trained: False}
+    vocabulary:   [tag names, in query order]
+    preprocessing:{channels, normalization: "zscore-per-image", image_size}
+    provenance:   {data, steps, epochs, history, loss_weights, seed, code_version, command, date,
+                   nnunet: {dataset, plans, configuration, input_channels} or None}
+    projections:  {image: state_dict, text: state_dict, temperature, embed_dim} (optional, for zero-shot use)
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+FORMAT = "nnunet-mosmos-checkpoint"
+VERSION = 1
+_HOW_TO_MAKE = ("Make one with `mosmos-pretrain ... -o FILE.pt` (see docs/pretraining.md); "
+                "inspect a file with `mosmos-inspect FILE.pt`.")
+
+
+class CheckpointError(ValueError):
+    """A file is not a (valid, fitting) MOSMOS checkpoint; the message names the file and the fix."""
+
+
+# --------------------------------------------------------------------------- writing
+def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``.
+
+    A crash or a second Ctrl-C mid-write leaves the previous file (or none), never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_mosmos_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
+    """Validate ``payload`` (same rules as loading) and write it atomically."""
+    payload = dict(payload)
+    payload.setdefault("format", FORMAT)
+    payload.setdefault("version", VERSION)
+    validate_checkpoint(payload, source=str(path))
+    return atomic_torch_save(payload, path)
+
+
+# --------------------------------------------------------------------------- reading
+def load_mosmos_checkpoint(path: str | os.PathLike) -> dict:
+    """Load on CPU and validate; :class:`CheckpointError` says what is wrong and how to fix it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file. {_HOW_TO_MAKE}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} is not a MOSMOS checkpoint: it holds Python objects beyond tensors and plain "
+            f"containers ({str(e).splitlines()[0][:200]}). A plain nnU-Net checkpoint (checkpoint_final.pth) "
+            f"belongs to nnU-Net's -pretrained_weights, not here. {_HOW_TO_MAKE}") from None
+    except Exception as e:  # noqa: BLE001 - torch raises anything from KeyError to RuntimeError on garbage
+        raise CheckpointError(f"{path} is not a readable PyTorch file (truncated or not a .pt?): "
+                              f"{str(e).splitlines()[0][:200]}. {_HOW_TO_MAKE}") from None
+    validate_checkpoint(ckpt, source=str(path))
+    return ckpt
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _check_encoder(entry, name: str, fail) -> None:
+    if not isinstance(entry, dict):
+        fail(f"'{name}' must be a dict, got {type(entry).__name__}")
+    for key, kind in (("arch_class_name", str), ("arch_kwargs", dict), ("arch_kwargs_req_import", list),
+                      ("input_channels", int), ("dim", int)):
+        if not isinstance(entry.get(key), kind):
+            fail(f"'{name}.{key}' is missing or not a {kind.__name__}")
+    if entry["dim"] not in (2, 3):
+        fail(f"'{name}.dim' must be 2 or 3, got {entry['dim']}")
+    if not _is_state_dict(entry.get("state_dict")):
+        fail(f"'{name}.state_dict' must be a non-empty dict of tensors")
+    if any(k.startswith("encoder.") for k in entry["state_dict"]):
+        fail(f"'{name}.state_dict' keys start with 'encoder.'; store the state dict of the network's "
+             "`.encoder` module (keys without the prefix)")
+
+
+def validate_checkpoint(ckpt, source: str = "<checkpoint>") -> None:
+    """Raise :class:`CheckpointError` naming ``source`` and the first problem found."""
+    def fail(msg: str):
+        raise CheckpointError(f"{source}: {msg}")
+
+    if not isinstance(ckpt, dict):
+        fail(f"not a MOSMOS checkpoint (top level is a {type(ckpt).__name__}, not a dict). {_HOW_TO_MAKE}")
+    if ckpt.get("format") != FORMAT:
+        if "network_weights" in ckpt or "trainer_name" in ckpt:
+            what = "a plain nnU-Net training checkpoint (use it with nnUNetv2_train -pretrained_weights)"
+        elif _is_state_dict(ckpt):
+            what = "a bare state dict"
+        else:
+            what = f"a dict with keys {sorted(map(str, ckpt))[:8]}"
+        fail(f"not a MOSMOS checkpoint: no format tag {FORMAT!r}; this looks like {what}. {_HOW_TO_MAKE}")
+    version = ckpt.get("version")
+    if not isinstance(version, int):
+        fail(f"'version' must be an int, got {version!r}")
+    if version > VERSION:
+        fail(f"checkpoint version {version} is newer than this nnunet-mosmos understands ({VERSION}); "
+             "upgrade nnunet-mosmos")
+    missing = [k for k in ("encoder", "tag_decoder", "prompt_context", "text_encoder", "vocabulary",
+                           "preprocessing", "provenance") if k not in ckpt]
+    if missing:
+        fail(f"missing entries {missing}; the file was not written by save_mosmos_checkpoint. {_HOW_TO_MAKE}")
+    _check_encoder(ckpt["encoder"], "encoder", fail)
+    if ckpt.get("encoder_3d") is not None:
+        _check_encoder(ckpt["encoder_3d"], "encoder_3d", fail)
+        if ckpt["encoder_3d"]["dim"] != 3:
+            fail("'encoder_3d.dim' must be 3")
+    dec = ckpt["tag_decoder"]
+    if not isinstance(dec, dict) or not isinstance(dec.get("config"), dict) \
+            or not isinstance(dec.get("stage"), int) or not _is_state_dict(dec.get("state_dict")):
+        fail("'tag_decoder' must be {config: dict, stage: int, state_dict: dict of tensors}")
+    ctx = ckpt["prompt_context"]
+    if not isinstance(ctx, torch.Tensor) or ctx.ndim != 2:
+        fail("'prompt_context' must be a tensor of shape n_ctx x text_dim")
+    text = ckpt["text_encoder"]
+    if not isinstance(text, dict) or not isinstance(text.get("name_or_path"), str) \
+            or not isinstance(text.get("dim"), int):
+        fail("'text_encoder' must be {name_or_path: str, dim: int, trained: bool}")
+    if ctx.shape[1] != text["dim"] or dec["config"].get("text_dim", text["dim"]) != text["dim"]:
+        fail(f"text widths disagree: prompt_context {tuple(ctx.shape)}, text_encoder.dim {text['dim']}, "
+             f"tag_decoder.config.text_dim {dec['config'].get('text_dim')}")
+    vocab = ckpt["vocabulary"]
+    if not isinstance(vocab, list) or not vocab or not all(isinstance(t, str) for t in vocab):
+        fail("'vocabulary' must be a non-empty list of tag names")
+    if not isinstance(ckpt["preprocessing"], dict) or not isinstance(ckpt["provenance"], dict):
+        fail("'preprocessing' and 'provenance' must be dicts")
+
+
+# --------------------------------------------------------------------------- fitting an encoder
+def fit_encoder_state(source: dict, target: dict, source_channels: int | None = None) -> tuple[dict, dict]:
+    """Map a (2D or 3D) encoder state dict onto ``target`` (a state dict giving the wanted shapes).
+
+    Per key: equal shape -> copied; 2D conv kernel vs 3D -> inflated (I3D, mean over depth); input
+    channels differ on a kernel that reads the image (``source.shape[1] == source_channels``; None
+    disables this) -> stem adapted. Returns ``(state, report)`` with report lists ``loaded``, ``inflated``,
+    ``adapted``, ``missing``, ``unexpected``, ``mismatched`` (``key: src -> dst``); ``state`` holds
+    only the keys that fit, so ``load_state_dict(state, strict=True)`` succeeds iff the last three
+    lists are empty.
+    """
+    from nnunet_mosmos.encoders import adapt_input_channels, inflate_tensor
+
+    report = {k: [] for k in ("loaded", "inflated", "adapted", "missing", "unexpected", "mismatched")}
+    out = {}
+    for key, want in target.items():
+        if key not in source:
+            report["missing"].append(key)
+            continue
+        w = source[key].detach().to("cpu")
+        adapted = inflated = False
+        if source_channels is not None and w.ndim >= 3 and w.shape[1] == source_channels \
+                and w.shape[1] != want.shape[1]:
+            w, adapted = adapt_input_channels(w, int(want.shape[1])), True
+        if w.ndim + 1 == want.ndim and w.ndim >= 4:
+            try:
+                w, inflated = inflate_tensor(w, want.shape), True
+            except ValueError:
+                pass
+        if tuple(w.shape) != tuple(want.shape):
+            report["mismatched"].append(f"{key}: {tuple(source[key].shape)} -> {tuple(want.shape)}")
+            continue
+        out[key] = w.to(want.dtype).clone()
+        report["adapted" if adapted else "inflated" if inflated else "loaded"].append(key)
+        if adapted and inflated:
+            report["inflated"].append(key)
+    report["unexpected"] = sorted(set(source) - set(target))
+    return out, report
+
+
+def build_encoder(entry: dict, num_output_channels: int = 2) -> nn.Module:
+    """The ``.encoder`` module described by a checkpoint's ``encoder``/``encoder_3d`` entry."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    net = get_network_from_plans(entry["arch_class_name"], entry["arch_kwargs"], entry["arch_kwargs_req_import"],
+                                 entry["input_channels"], num_output_channels, allow_init=True,
+                                 deep_supervision=False)
+    return net.encoder
+
+
+# --------------------------------------------------------------------------- describing
+def _topology(entry: dict) -> str:
+    kw = entry["arch_kwargs"]
+    n = sum(v.numel() for v in entry["state_dict"].values())
+    return (f"{entry['arch_class_name'].rsplit('.', 1)[-1]} {entry['dim']}D, {entry['input_channels']} input "
+            f"channel(s), {kw.get('n_stages')} stages, features {kw.get('features_per_stage')}, strides "
+            f"{kw.get('strides')}, {n / 1e6:.2f} M parameters")
+
+
+def describe_checkpoint(ckpt: dict) -> str:
+    """Human-readable summary (what ``mosmos-inspect`` prints)."""
+    prov, pre, dec = ckpt.get("provenance", {}), ckpt.get("preprocessing", {}), ckpt["tag_decoder"]
+    lines = [f"MOSMOS checkpoint (format {ckpt['format']} v{ckpt['version']})",
+             f"  encoder:       {_topology(ckpt['encoder'])}"]
+    if ckpt.get("encoder_3d") is not None:
+        lines.append(f"  encoder_3d:    {_topology(ckpt['encoder_3d'])} (inflated from the 2D encoder)")
+    target = prov.get("nnunet")
+    if target:
+        key = "encoder_3d" if ckpt.get("encoder_3d") is not None else "encoder"
+        lines.append(f"  fits:          nnU-Net {target['dataset']} plans {target['plans']} configuration "
+                     f"{target['configuration']} ({target.get('input_channels', '?')} input channel(s); "
+                     f"load '{key}' into the network's .encoder)")
+    else:
+        lines.append("  fits:          any nnU-Net configuration with this encoder topology (default "
+                     "topology; pass -d/-c to mosmos-pretrain to match a dataset's plans)")
+    cfg = dec["config"]
+    lines += [
+        f"  tag decoder:   reads encoder stage {dec['stage']}; d_model {cfg.get('d_model')}, "
+        f"{cfg.get('num_layers')} layers, {cfg.get('num_heads')} heads, ffn {cfg.get('ffn_dim')}",
+        f"  prompt:        {ckpt['prompt_context'].shape[0]} context vectors x {ckpt['prompt_context'].shape[1]}",
+        f"  text encoder:  {ckpt['text_encoder']['name_or_path']} (dim {ckpt['text_encoder']['dim']}, "
+        f"{'trained' if ckpt['text_encoder'].get('trained') else 'frozen'})",
+        f"  vocabulary:    {len(ckpt['vocabulary'])} tags: {', '.join(ckpt['vocabulary'])}",
+        f"  preprocessing: {pre.get('channels')} channel(s), {pre.get('normalization')}, "
+        f"image size {pre.get('image_size')}",
+    ]
+    if prov:
+        hist = prov.get("history") or []
+        last = hist[-1] if hist else {}
+        losses = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "contrastive", "tag") if k in last)
+        lines += [f"  trained:       {prov.get('steps')} steps ({prov.get('epochs')} epochs) on "
+                  f"{prov.get('data')}; seed {prov.get('seed')}; loss weights {prov.get('loss_weights')}",
+                  f"  last losses:   {losses or 'n/a'}",
+                  f"  written:       {prov.get('date')} by nnunet-mosmos {prov.get('code_version')}",
+                  f"  command:       {prov.get('command')}"]
+    if ckpt.get("projections"):
+        temp = ckpt["projections"].get("temperature")
+        temp = f"{float(temp):.4f}" if temp is not None else "?"
+        lines.append(f"  projections:   image + text heads, temperature {temp}")
+    return "\n".join(lines)

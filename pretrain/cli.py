@@ -1,0 +1,143 @@
+"""``mosmos-pretrain``: report-supervised pre-training of an nnU-Net encoder (MOSMOS stage 1).
+
+Single process: ``mosmos-pretrain ...``; several GPUs/nodes: ``torchrun --nproc_per_node N -m pretrain.cli ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+EXAMPLES = """examples:
+  # ROCO (v1 or v2 layout, detected), encoder = 2D twin of a dataset's 3d_fullres configuration
+  mosmos-pretrain --data roco --roco-root /data/roco-dataset/data -d 3 -c 3d_fullres
+  # your own reports: CSV 'image,text' or JSONL; PNG/JPG or NIfTI/MHA/NRRD volumes (random axial slices)
+  mosmos-pretrain --data manifest --manifest reports.csv -d 3 -c 2d --epochs 20
+  # the synthetic phantoms (mosmos-synthetic -d 901), default topology, explicit output
+  mosmos-pretrain --data synthetic -d 901 --image-size 64 --max-steps 200 -o phantom.pt
+  # 8 GPUs
+  torchrun --nproc_per_node 8 -m pretrain.cli --data roco --roco-root ... -d 3 -c 3d_fullres
+
+With -d/-c and no -o the checkpoint goes to
+  $nnUNet_preprocessed/DatasetXXX_Name/mosmos_pretrained/<plans>__<configuration>.pt
+(where nnUNetTrainerMOSMOS looks for it); logs, progress.png and last.pt go to <output stem>_run/ next
+to it. Details: docs/pretraining.md.
+"""
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mosmos-pretrain", description=__doc__.splitlines()[0].replace("``", ""),
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--data", choices=("roco", "manifest", "synthetic"), required=True,
+                   help="pair source: ROCO v1/v2 folder, your own manifest, or a mosmos-synthetic dataset")
+    d.add_argument("--roco-root", help="ROCO root: holds <split>/radiology/captions.txt (v1, GitHub "
+                   "razorx89/roco-dataset with images fetched to <split>/radiology/images/<ID>.jpg) or "
+                   "<split>_captions.csv + <split>/<ID>.jpg (v2, Zenodo)")
+    d.add_argument("--split", default="train", help="ROCO split: train, validation/valid or test (default: train)")
+    d.add_argument("--subset", default="radiology", choices=("radiology", "non-radiology", "all"),
+                   help="ROCO v1 subset (default: radiology)")
+    d.add_argument("--manifest", help="CSV with header 'image,text' or JSONL {\"image\", \"text\"}; image paths "
+                   "relative to the file; 2D PNG/JPG or 3D NIfTI/MHA/NRRD (a random axial slice per sample). "
+                   "With --data synthetic: overrides <dataset>/pairs2d/manifest.csv")
+    d.add_argument("--vocabulary", help="tag vocabulary JSON (default: the shipped 20 organ tags, docs/tags.md)")
+    d.add_argument("--keep-untagged", action="store_true",
+                   help="keep captions that name no organ tag (contrastive loss only); default: skip and count")
+    d.add_argument("--val-fraction", type=float, default=0.05,
+                   help="held-out fraction for tag mAP / retrieval (default: 0.05)")
+    m = p.add_argument_group("model")
+    m.add_argument("-d", "--dataset", help="nnU-Net dataset (id or DatasetXXX_Name): with -c, build the encoder "
+                   "from its plans; with --data synthetic, also where pairs2d/ is found ($nnUNet_raw)")
+    m.add_argument("-c", "--configuration", help="nnU-Net configuration (2d, 3d_fullres, ...); 3D ones are "
+                   "pre-trained as their 2D twin and exported inflated. Without -c: default 2D topology")
+    m.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    m.add_argument("--text-encoder", help="Hugging Face model id or local folder (default: $MOSMOS_TEXT_ENCODER, "
+                   "else all-MiniLM-L6-v2 from nnunet-mosmos[text]); kept frozen")
+    m.add_argument("--image-size", type=_positive(int), nargs="+", metavar="PX",
+                   help="training image size, one value (square) or H W (default: the configuration's in-plane "
+                   "patch size with -c, else 256)")
+    t = p.add_argument_group("optimisation")
+    t.add_argument("--batch-size", type=_positive(int), default=32, help="pairs per process and step (default: 32)")
+    t.add_argument("--epochs", type=_positive(int), default=10, help="epochs, if --max-steps is not given (default: 10)")
+    t.add_argument("--max-steps", type=_positive(int), help="total optimizer steps (overrides --epochs)")
+    t.add_argument("--lr", type=_positive(float), default=3e-4, help="peak AdamW learning rate (default: 3e-4)")
+    t.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default: 0.05)")
+    t.add_argument("--warmup-steps", type=int, help="linear warm-up steps before cosine decay "
+                   "(default: 5%% of the steps, at most 500)")
+    t.add_argument("--contrastive-weight", type=float, default=1.0, help="weight of the InfoNCE loss (default: 1)")
+    t.add_argument("--tag-weight", type=float, default=1.0, help="weight of the tag ASL loss, averaged over "
+                   "images and tags (default: 1; docs/pretraining.md explains the choice)")
+    t.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="autocast on CUDA (auto: bf16 where supported, else fp16); never on CPU")
+    r = p.add_argument_group("run")
+    r.add_argument("-o", "--output", help="checkpoint file (.pt); the run folder <stem>_run/ (log, progress.png, "
+                   "last.pt) is created next to it. Default with -d/-c: "
+                   "$nnUNet_preprocessed/DatasetXXX_Name/mosmos_pretrained/<plans>__<configuration>.pt")
+    r.add_argument("--resume", nargs="?", const="auto", metavar="LAST_PT",
+                   help="continue exactly from <run>/last.pt (or the given file): same weights, optimizer, "
+                   "schedule, RNG and data order")
+    r.add_argument("--save-every", type=_positive(int), default=500, help="write last.pt every N steps (default: 500)")
+    r.add_argument("--eval-every", type=_positive(int), help="held-out evaluation every N steps (default: --save-every)")
+    r.add_argument("--log-every", type=_positive(int), default=10, help="log/plot every N steps (default: 10)")
+    r.add_argument("--stop-after", type=_positive(int), metavar="N",
+                   help="stop after N steps of this invocation (saving last.pt, like Ctrl-C) for time-sliced "
+                   "jobs; continue later with --resume")
+    r.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="data loader worker processes per rank (default: min(4, CPUs))")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU)")
+    r.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    r.add_argument("--no-progress-bar", action="store_true", help="no tqdm bar (log lines only)")
+    return p
+
+
+def config_from_args(args, argv) -> "PretrainConfig":  # noqa: F821
+    from pretrain.engine import PretrainConfig
+
+    return PretrainConfig(
+        data=args.data, roco_root=args.roco_root, split=args.split, subset=args.subset, manifest=args.manifest,
+        text_encoder=args.text_encoder, dataset=args.dataset, configuration=args.configuration, plans=args.plans,
+        image_size=args.image_size, batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
+        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        contrastive_weight=args.contrastive_weight, tag_weight=args.tag_weight, num_workers=args.num_workers,
+        device=args.device, seed=args.seed, resume=args.resume, output=args.output, val_fraction=args.val_fraction,
+        save_every=args.save_every, eval_every=args.eval_every, log_every=args.log_every, stop_after=args.stop_after,
+        amp=args.amp, keep_untagged=args.keep_untagged, vocabulary=args.vocabulary,
+        progress_bar=not args.no_progress_bar,
+        command="mosmos-pretrain " + " ".join(shlex.quote(a) for a in argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.image_size and len(args.image_size) > 2:
+        parser.error("--image-size takes one value (square) or two (H W)")
+    from nnunet_mosmos.checkpoint import CheckpointError
+    from nnunet_mosmos.text import TextEncoderError
+    from pretrain.datasets import PairDataError
+    from pretrain.engine import PretrainError, run
+    from pretrain.export import ExportError
+    from pretrain.plans import PlansError
+    from pretrain.roco import RocoLayoutError
+
+    try:
+        return run(config_from_args(args, argv))
+    except (PretrainError, PairDataError, PlansError, RocoLayoutError, CheckpointError, TextEncoderError,
+            ExportError) as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"mosmos-pretrain: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

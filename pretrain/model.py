@@ -1,0 +1,92 @@
+"""The pre-training model: nnU-Net's encoder + global contrastive heads + the MOSMOS tag branch.
+
+Built from the same pieces as the fine-tuning network so that weights move without renaming:
+``encoder`` is the ``.encoder`` of the network nnU-Net builds from (the 2D twin of) the plans;
+``tag_decoder`` is a :class:`~nnunet_mosmos.tag_decoder.TagDecoder` reading the encoder stage
+chosen by ``stage_for_stride(strides, 16)`` (the trainer's default ``tag_branch_stride``), and
+``prompt`` the shared :class:`~nnunet_mosmos.text.PromptContext`. Their defaults equal
+``nnUNetTrainerMOSMOS``'s so a checkpoint loads into the trainer's ``tag_branch`` unchanged.
+
+The text encoder is frozen (MOSMOS keeps the report encoder fixed; only the prompt context and
+the projection learn on the text side), so its weights never enter ``trainable_state_dict``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnunet_mosmos.encoders import stage_for_stride
+from nnunet_mosmos.tag_decoder import TagDecoder
+from nnunet_mosmos.text import PromptContext, TextEncoder
+
+#: equal to nnUNetTrainerMOSMOS.tag_decoder_kwargs / n_ctx / context_init / tag_branch_stride
+TAG_DECODER_DEFAULTS = dict(d_model=256, num_heads=8, num_layers=2, ffn_dim=1024, dropout=0.1, self_attention=True)
+N_CTX = 4
+CONTEXT_INIT = "a medical image of"
+TAG_STRIDE = 16
+EMBED_DIM = 256
+INIT_TEMPERATURE = 0.07
+MAX_LOGIT_SCALE = 100.0  # temperature never below 0.01 (CLIP's clamp)
+
+
+def build_encoder_2d(spec) -> nn.Module:
+    """The ``.encoder`` of nnU-Net's network for ``spec`` (1 input channel, nnU-Net's init)."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    net = get_network_from_plans(spec.arch_class_name, spec.arch_kwargs, spec.arch_kwargs_req_import, 1, 2,
+                                 allow_init=True, deep_supervision=False)
+    return net.encoder
+
+
+class PretrainModel(nn.Module):
+    """``forward(images, texts)`` -> normalised image/text features, logit scale, tag logits."""
+
+    def __init__(self, spec, text_encoder: TextEncoder, tag_names: list[str], embed_dim: int = EMBED_DIM,
+                 decoder_kwargs: dict | None = None, n_ctx: int = N_CTX, context_init: str | None = CONTEXT_INIT):
+        super().__init__()
+        self.encoder = build_encoder_2d(spec)
+        channels = list(self.encoder.output_channels)
+        self.stage = stage_for_stride(spec.strides, TAG_STRIDE)
+        self.text = text_encoder
+        self.tag_names = list(tag_names)
+        self.prompt = PromptContext(n_ctx, text_encoder.dim, init=text_encoder.context_init(context_init, n_ctx))
+        self.tag_decoder = TagDecoder(channels[self.stage], text_encoder.dim,
+                                      **{**TAG_DECODER_DEFAULTS, **(decoder_kwargs or {})})
+        self.image_proj = nn.Linear(channels[-1], embed_dim)
+        self.text_proj = nn.Linear(text_encoder.dim, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / INIT_TEMPERATURE)))
+        self.embed_dim = embed_dim
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+
+    def encode_image(self, images: torch.Tensor):
+        skips = self.encoder(images)
+        pooled = skips[-1].flatten(2).mean(-1)  # global average pool of the deepest stage
+        return F.normalize(self.image_proj(pooled).float(), dim=-1), skips
+
+    def encode_text(self, texts) -> torch.Tensor:
+        with torch.no_grad():
+            feats = self.text.encode(texts)
+        return F.normalize(self.text_proj(feats).float(), dim=-1)
+
+    def forward(self, images: torch.Tensor, texts) -> dict:
+        image, skips = self.encode_image(images)
+        tag_embeddings = self.prompt(self.text, self.tag_names)
+        tags = self.tag_decoder(skips[self.stage], tag_embeddings)
+        return {"image": image, "text": self.encode_text(texts), "logit_scale": self.scale(),
+                "tag_logits": tags.logits}
+
+    def trainable_state_dict(self) -> dict:
+        """Everything except the frozen text encoder (what last.pt stores)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("text.")}
+
+    def load_trainable_state_dict(self, state: dict) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("text.")]
+        if missing or unexpected:
+            raise RuntimeError(f"training state does not fit this model: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}")
