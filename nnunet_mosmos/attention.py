@@ -95,7 +95,7 @@ def overlay_png(image: np.ndarray, maps: np.ndarray, names: list[str], path: Pat
         ax.set_title(f"{names[i]} (z={z})", fontsize=10)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.2)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)

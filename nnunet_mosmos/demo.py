@@ -25,11 +25,11 @@ DATASET_ID = 990
 DATASET = f"Dataset{DATASET_ID}_MOSMOSDemo"
 SIZES = {
     # cases, test cases, volume shape, pre-training steps, trainer
-    "quick": dict(train=5, test=1, shape=(16, 48, 48), steps=30, image_size=48,
+    "quick": dict(train=5, test=1, shape=(16, 48, 48), steps=10, image_size=32, batch=4,
                   trainer="nnUNetTrainerMOSMOS_tiny", config="3d_fullres"),
-    "default": dict(train=8, test=2, shape=(32, 64, 64), steps=200, image_size=64,
+    "default": dict(train=8, test=2, shape=(32, 64, 64), steps=60, image_size=64, batch=8,
                     trainer="nnUNetTrainerMOSMOS_demo", config="3d_fullres"),
-    "full": dict(train=24, test=6, shape=(48, 96, 96), steps=5000, image_size=96,
+    "full": dict(train=24, test=6, shape=(48, 96, 96), steps=5000, image_size=96, batch=32,
                  trainer="nnUNetTrainerMOSMOS_250epochs", config="3d_fullres"),
 }
 
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         _run([_bin("nnUNetv2_plan_and_preprocess"), "-d", DATASET_ID, "-c", s["config"], "-np", 2,
               "--verify_dataset_integrity"], env, log)
         _run([_bin("mosmos-pretrain"), "--data", "synthetic", "-d", DATASET_ID, "-c", s["config"],
-              "--max-steps", s["steps"], "--image-size", s["image_size"], "--batch-size", 8,
+              "--max-steps", s["steps"], "--image-size", s["image_size"], "--batch-size", s["batch"],
               "--device", device, "--num-workers", 0], env, log)
         _run([_bin("nnUNetv2_train"), DATASET_ID, s["config"], 0, "-tr", s["trainer"], "-device", device],
              env, log)
