@@ -1,0 +1,1179 @@
+"""Overhead of MOSMOS over plain nnU-Net with identical plans: training step, inference, peak memory.
+
+What is timed is the real code: a plain ``nnUNetTrainer`` and an ``nnUNetTrainerMOSMOS`` are built
+from the same plans and ``dataset.json`` (no data on disk: nnU-Net's folders point at a temporary
+workspace), initialised as ``nnUNetv2_train`` would, and their own ``train_step`` is called on one
+synthetic batch (random image, random labels, nnU-Net's deep-supervision target list). Data loading
+and augmentation are excluded on purpose: they are identical for both trainers. Inference is
+nnU-Net's ``nnUNetPredictor.predict_sliding_window_return_logits`` on a random image about 2.25
+patches large (4 tiles at step 0.5), with each trainer's ``build_network_architecture`` (deep
+supervision off, as at prediction) and the trained weights.
+
+Timings are interleaved in one process (plain, MOSMOS, MOSMOS, plain, ... after a warm-up) and
+reported as medians; the ratio is ``median(MOSMOS) / median(plain)``. Because the machine may be
+shared, the JSON also carries the median of the per-round ratios, the ratio of the minima and the
+ratio of process CPU times, which are less sensitive to other people's load.
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during one step (minus what was allocated
+before it) plus the tensors the variant keeps resident (weights, optimizer state, text encoder), so
+the two variants living in one process do not count each other. On CPU there is no allocator
+statistic; with ``--isolate-memory`` each variant runs in a fresh subprocess and reports the growth
+of its peak RSS (``resource.getrusage``) over a baseline taken after imports; without it the CPU
+peak is reported as not measured (``null``).
+
+``--profile`` adds a per-module breakdown of one MOSMOS and one plain training step
+(``torch.profiler``; backward ops are attributed to the module whose forward created them, through
+the autograd sequence numbers). ``--prototypes`` times design alternatives (defined here, as trainer
+subclasses, never in the shipped trainers) against the same plain baseline.
+
+Run it as ``python scripts/bench_overhead.py [--quick] ...``; see ``docs/benchmarks.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import functools
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from copy import deepcopy
+from pathlib import Path
+
+import numpy as np
+
+TARGETS = {"train_step_s": 1.10, "inference_s": 1.05, "peak_mem_mb": 1.10}
+PLAIN, MOSMOS = "plain", "mosmos"
+DATASET_ID = 950
+DATASET_NAME = f"Dataset{DATASET_ID:03d}_MOSMOSBench"
+#: the labels of the synthetic phantoms: 7 organs -> 7 tag queries
+DEFAULT_LABELS = {"background": 0, "liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4,
+                  "stomach": 5, "aorta": 6, "gallbladder": 7}
+#: --quick without --plans/--patch: built-in plans-like configurations, no planning needed
+QUICK_PATCHES = {"2d": [32, 32], "3d_fullres": [16, 32, 32]}
+ENV_KEYS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_compile", "MOSMOS_PRETRAINED",
+            "MOSMOS_TEXT_ENCODER")
+
+
+# ---------------------------------------------------------------------------------------- plans
+def plans_like_configuration(patch, batch_size: int = 2, base_features: int = 32, max_features: int | None = None,
+                             n_conv: int = 2, min_feature_map: int = 4, max_stages: int | None = None) -> dict:
+    """An nnU-Net-2.8-style configuration for ``patch`` (PlainConvUNet), without running the planner.
+
+    Topology like nnU-Net's: an axis is pooled while its feature map stays >= ``min_feature_map``
+    after pooling; features double per stage up to 512 (2D) / 320 (3D).
+    """
+    patch = [int(p) for p in patch]
+    dim = len(patch)
+    if dim not in (2, 3):
+        raise ValueError(f"--patch needs 2 or 3 sizes, got {patch}")
+    max_features = max_features or (512 if dim == 2 else 320)
+    max_stages = max_stages or (7 if dim == 2 else 6)
+    strides, size = [[1] * dim], list(patch)
+    while len(strides) < max_stages:
+        s = [2 if sz // 2 >= min_feature_map and sz % 2 == 0 else 1 for sz in size]
+        if max(s) == 1:
+            break
+        strides.append(s)
+        size = [sz // st for sz, st in zip(size, s)]
+    n = len(strides)
+    conv = f"torch.nn.modules.conv.Conv{dim}d"
+    return {
+        "data_identifier": f"nnUNetPlans_{'2d' if dim == 2 else '3d_fullres'}",
+        "preprocessor_name": "DefaultPreprocessor", "batch_size": int(batch_size), "patch_size": patch,
+        "median_image_size_in_voxels": [float(p) for p in patch], "spacing": [1.0] * dim,
+        "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+        "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {
+                "n_stages": n, "features_per_stage": [min(base_features * 2 ** i, max_features) for i in range(n)],
+                "conv_op": conv, "kernel_sizes": [[3] * dim] * n, "strides": strides,
+                "n_conv_per_stage": [n_conv] * n, "n_conv_per_stage_decoder": [n_conv] * (n - 1), "conv_bias": True,
+                "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
+                "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+                "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+        "batch_dice": dim == 2,
+    }
+
+
+def plans_like(configurations: dict, labels: dict | None = None) -> tuple[dict, dict]:
+    """``(plans, dataset_json)`` holding the given ``{name: configuration}`` (see :func:`plans_like_configuration`)."""
+    dims = {len(c["patch_size"]) for c in configurations.values()}
+    plans = {
+        "dataset_name": DATASET_NAME, "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [1.0, 1.0, 1.0],
+        "original_median_shape_after_transp": [64, 64, 64], "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "configurations": configurations,
+        "experiment_planner_used": "plans_like (nnunet_mosmos.benchmark)", "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {"0": {
+            "max": 250.0, "mean": 100.0, "median": 100.0, "min": -1000.0, "percentile_00_5": -950.0,
+            "percentile_99_5": 220.0, "std": 100.0}},
+    }
+    assert dims <= {2, 3}
+    labels = labels or DEFAULT_LABELS
+    dataset_json = {"name": "MOSMOSBench", "channel_names": {"0": "CT"}, "labels": dict(labels),
+                    "numTraining": 1, "file_ending": ".nii.gz"}
+    return plans, dataset_json
+
+
+def synthetic_plans(workspace: Path, shape=(32, 64, 64), num_train: int = 4, seed: int = 0) -> tuple[dict, dict]:
+    """Write the synthetic phantoms into the workspace and plan them with nnU-Net's own planner."""
+    import torch
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
+
+    from nnunet_mosmos.synthetic import write_dataset
+
+    write_dataset(workspace / "raw", dataset_id=DATASET_ID, name="MOSMOSBench", num_train=num_train, num_test=0,
+                  seed=seed, shape=tuple(int(s) for s in shape))
+    threads = torch.get_num_threads()
+    try:
+        extract_fingerprints([DATASET_ID], num_processes=1, check_dataset_integrity=False, verbose=False,
+                             show_progress_bar=False)
+        plan_experiments([DATASET_ID])
+    finally:
+        torch.set_num_threads(threads)  # the planner's VRAM estimate changes it
+    pre = workspace / "pre" / DATASET_NAME
+    return json.loads((pre / "nnUNetPlans.json").read_text()), json.loads((pre / "dataset.json").read_text())
+
+
+def read_plans(plans_path: str, dataset_json_path: str | None = None) -> tuple[dict, dict]:
+    """Plans of an existing (preprocessed or model) folder; dataset.json defaults to the one beside it."""
+    plans_path = Path(plans_path)
+    dj = Path(dataset_json_path) if dataset_json_path else plans_path.parent / "dataset.json"
+    if not dj.is_file():
+        raise SystemExit(f"bench_overhead: no dataset.json next to {plans_path}; pass --dataset-json")
+    plans = json.loads(plans_path.read_text())
+    for block in plans["configurations"].values():  # a model folder's plans: start from plain nnU-Net's
+        block.pop("mosmos_tag_branch", None)
+    return plans, json.loads(dj.read_text())
+
+
+# ------------------------------------------------------------------------------------ workspace
+@contextlib.contextmanager
+def workspace_env(root: Path, text_encoder: str | None, compile_: bool, pretrained: str | None):
+    """nnU-Net folders inside ``root``; our variables set for the duration; everything restored after."""
+    saved = {k: os.environ.get(k) for k in ENV_KEYS}
+    os.environ.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
+                      nnUNet_results=str(root / "results"), nnUNet_compile="1" if compile_ else "0")
+    os.environ.pop("MOSMOS_PRETRAINED", None)
+    if pretrained:
+        os.environ["MOSMOS_PRETRAINED"] = str(Path(pretrained).resolve())
+    if text_encoder:
+        os.environ["MOSMOS_TEXT_ENCODER"] = text_encoder
+    try:
+        yield root
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _prepare_dummy_data_folder(plans: dict, configuration: str) -> None:
+    """``initialize`` infers the dataset class from the preprocessed folder's file endings; give it one."""
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    folder = Path(str(nnUNet_preprocessed)) / plans["dataset_name"] / plans["configurations"][configuration].get(
+        "data_identifier", f"nnUNetPlans_{configuration}")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bench.b2nd").touch()
+
+
+# ------------------------------------------------------------------------------ trainer classes
+@functools.lru_cache(maxsize=None)
+def _prototype_classes() -> dict:
+    """Design alternatives measured by ``--prototypes``; subclasses only, the shipped code is untouched."""
+    from nnunet_mosmos.training import nnUNetTrainerMOSMOS
+
+    class BenchMOSMOS_cachedEmbeddings(nnUNetTrainerMOSMOS):
+        """No text-encoder pass per step: the cached tag embeddings (the `_frozenPrompt` variant), and
+        the text encoder released once they are cached (nothing needs it again: the context is fixed)."""
+        train_prompt_context = False
+
+        def initialize(self):
+            super().initialize()
+            self.text_encoder = None  # refresh_tag_embeddings() is a no-op without it
+
+    class BenchMOSMOS_smallTagDecoder(nnUNetTrainerMOSMOS):
+        """One tag-decoder layer, d_model 128, FFN 512."""
+        tag_decoder_kwargs = dict(d_model=128, num_heads=4, num_layers=1, ffn_dim=512, dropout=0.1,
+                                  self_attention=True)
+
+    class BenchMOSMOS_injectLowRes(nnUNetTrainerMOSMOS):
+        """Inject the maps only at the branch stage and the one above it (no full-resolution convs)."""
+
+        @classmethod
+        def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                       num_output_channels, enable_deep_supervision=True):
+            net = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                     num_output_channels, enable_deep_supervision)
+            _restrict_injection(net, keep=2)
+            return net
+
+    class BenchMOSMOS_lean(BenchMOSMOS_cachedEmbeddings):
+        """The three above together."""
+        tag_decoder_kwargs = BenchMOSMOS_smallTagDecoder.tag_decoder_kwargs
+
+        @classmethod
+        def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                       num_output_channels, enable_deep_supervision=True):
+            net = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                     num_output_channels, enable_deep_supervision)
+            _restrict_injection(net, keep=2)
+            return net
+
+    return {c.__name__: c for c in (BenchMOSMOS_cachedEmbeddings, BenchMOSMOS_smallTagDecoder,
+                                    BenchMOSMOS_injectLowRes, BenchMOSMOS_lean)}
+
+
+PROTOTYPES = {"cached_embeddings": "BenchMOSMOS_cachedEmbeddings",
+              "small_tag_decoder": "BenchMOSMOS_smallTagDecoder",
+              "inject_low_res": "BenchMOSMOS_injectLowRes",
+              "lean": "BenchMOSMOS_lean"}
+
+
+def _restrict_injection(net, keep: int) -> None:
+    """Prototype: skip the injection convs of all but the ``keep`` lowest-resolution stages <= branch stage."""
+    import types
+
+    import torch.nn.functional as F
+
+    branch = net.tag_branch
+    first = max(0, branch.config.stage + 1 - keep)
+
+    def inject(self, skips, attention):
+        grid = attention.shape[2:]
+        feed = attention * math.prod(grid)
+        mode = "trilinear" if feed.ndim == 5 else "bilinear"
+        skips = list(skips)
+        for j in range(first, len(self.injections)):
+            size = skips[j].shape[2:]
+            maps = feed if tuple(size) == tuple(grid) else F.interpolate(feed, size=size, mode=mode,
+                                                                          align_corners=False)
+            skips[j] = skips[j] + self.injections[j](maps.to(skips[j].dtype))
+        return skips
+
+    for j in range(first):  # unused convs: frozen, so they get no gradient (optimizer, clipping skip them)
+        branch.injections[j].requires_grad_(False)
+    branch.inject = types.MethodType(inject, branch)
+
+
+def trainer_class(name: str):
+    """A trainer class by name: our prototypes, our trainers, then nnU-Net's own trainer folder."""
+    protos = _prototype_classes()
+    if name in protos:
+        return protos[name]
+    import nnunet_mosmos.training as ours
+
+    if hasattr(ours, name):
+        return getattr(ours, name)
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    cls = recursive_find_python_class(os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"), name,
+                                      "nnunetv2.training.nnUNetTrainer")
+    if cls is None:
+        raise SystemExit(f"bench_overhead: trainer class {name} not found")
+    return cls
+
+
+def build_trainer(cls, plans: dict, configuration: str, dataset_json: dict, device, initialize: bool = True):
+    """A trainer as ``nnUNetv2_train`` builds it (inside the workspace), optionally initialised."""
+    _prepare_dummy_data_folder(plans, configuration)
+    p = deepcopy(plans)
+    p["continue_training"] = False  # nnunetv2 2.8 pops this key in __init__
+    trainer = cls(p, configuration, 0, deepcopy(dataset_json), device)
+    if initialize:
+        trainer.initialize()
+        trainer.network.train()
+    return trainer
+
+
+def _unwrap(net):
+    from torch._dynamo import OptimizedModule
+
+    return net._orig_mod if isinstance(net, OptimizedModule) else net
+
+
+def _maybe_compile_cpu(trainer, compile_: bool) -> None:
+    """nnU-Net never compiles on CPU; ``--compile`` does it here (on CUDA nnU-Net's own path does)."""
+    import torch
+    from torch._dynamo import OptimizedModule
+
+    if compile_ and not isinstance(trainer.network, OptimizedModule):
+        trainer.network = torch.compile(trainer.network)
+
+
+# ---------------------------------------------------------------------------------------- inputs
+def deep_supervision_scales(configuration_manager) -> list:
+    """What ``nnUNetTrainer._get_deep_supervision_scales`` returns (deep supervision on)."""
+    return [list(i) for i in 1 / np.cumprod(np.vstack(configuration_manager.pool_op_kernel_sizes), axis=0)][:-1]
+
+
+def synthetic_batch(configuration_manager, n_channels: int, n_labels: int, seed: int = 0, device=None) -> dict:
+    """Random image + random labels at the plan's batch/patch size, targets as nnU-Net's DS list."""
+    import torch
+    import torch.nn.functional as F
+
+    cm = configuration_manager
+    patch = [int(p) for p in cm.patch_size]
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randn(cm.batch_size, n_channels, *patch, generator=g)
+    seg = torch.randint(0, n_labels, (cm.batch_size, 1, *patch), generator=g).to(torch.int16)
+    target = [seg if all(s == 1 for s in sc) else
+              F.interpolate(seg.float(), [round(p * s) for p, s in zip(patch, sc)], mode="nearest-exact")
+              .to(torch.int16) for sc in deep_supervision_scales(cm)]
+    if device is not None:  # data loading (incl. the host->device copy) is excluded from the timing
+        data = data.to(device)
+        target = [t.to(device) for t in target]
+    return {"data": data, "target": target}
+
+
+def trainer_batch(trainer, seed: int = 0, device=None) -> dict:
+    return synthetic_batch(trainer.configuration_manager, len(trainer.dataset_json["channel_names"]),
+                           len(trainer.label_manager.all_labels), seed, device)
+
+
+def inference_image(configuration_manager, n_channels: int, scale: float = 1.5, seed: int = 1):
+    """Random image ``(c, z, y, x)``: the patch enlarged by ``scale`` in-plane (4 tiles at step 0.5)."""
+    import torch
+
+    patch = [int(p) for p in configuration_manager.patch_size]
+    shape = [1] + patch if len(patch) == 2 else list(patch)
+    shape = shape[:-2] + [int(round(s * scale)) for s in shape[-2:]]
+    return torch.randn(n_channels, *shape, generator=torch.Generator().manual_seed(seed))
+
+
+def make_predictor(trainer, device, mirroring: bool, compile_: bool):
+    """nnU-Net's predictor around this trainer's inference network (deep supervision off, its weights)."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    net = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager,
+                                             trainer.num_input_channels if trainer.num_input_channels else
+                                             len(trainer.dataset_json["channel_names"]),
+                                             trainer.label_manager.num_segmentation_heads, False)
+    if trainer.network is not None:
+        if hasattr(trainer, "refresh_tag_embeddings"):
+            trainer.refresh_tag_embeddings()
+        net.load_state_dict(_unwrap(trainer.network).state_dict())
+    net = net.to(device).eval()
+    axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()[3] if mirroring else None
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=bool(mirroring and axes),
+                                perform_everything_on_device=device.type == "cuda", device=device,
+                                verbose=False, allow_tqdm=False)
+    predictor.manual_initialization(net, trainer.plans_manager, trainer.configuration_manager, None,
+                                    trainer.dataset_json, trainer.__class__.__name__, axes)
+    if compile_ and device.type != "cuda":
+        from torch._dynamo import OptimizedModule
+
+        if not isinstance(predictor.network, OptimizedModule):
+            predictor.network = torch.compile(predictor.network)
+    return predictor
+
+
+# ---------------------------------------------------------------------------------------- timing
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: dict, device, warmup: int, repeats: int, steps: int) -> dict:
+    """``{name: {"wall": [...], "cpu": [...]}}`` seconds per call; rounds alternate the order."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    _sync(device)
+    runs = {n: {"wall": [], "cpu": []} for n in names}
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            _sync(device)
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                fns[name]()
+            _sync(device)
+            runs[name]["wall"].append((time.perf_counter() - w0) / steps)
+            runs[name]["cpu"].append((time.process_time() - c0) / steps)
+    return runs
+
+
+def _ratio(a, b):
+    return float(a) / float(b) if a is not None and b not in (None, 0) else None
+
+
+def summarise(runs: dict, base: str = PLAIN, other: str = MOSMOS) -> dict:
+    """Medians, the main ratio (of medians) and the noise-robust ratios."""
+    med = {n: statistics.median(r["wall"]) for n, r in runs.items()}
+    out = {base: med[base], other: med[other], "ratio": _ratio(med[other], med[base])}
+    out["ratio_paired"] = statistics.median(o / b for o, b in zip(runs[other]["wall"], runs[base]["wall"]))
+    out["ratio_min"] = _ratio(min(runs[other]["wall"]), min(runs[base]["wall"]))
+    out["ratio_cpu"] = _ratio(statistics.median(runs[other]["cpu"]), statistics.median(runs[base]["cpu"]))
+    out["runs"] = {n: [round(x, 6) for x in r["wall"]] for n, r in runs.items()}
+    return out
+
+
+# ---------------------------------------------------------------------------------------- memory
+def _resident_bytes(*modules_or_optimizers) -> int:
+    """Bytes of the distinct tensors held by modules (params, buffers) and optimizers (state)."""
+    import torch
+
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            key = (t.device, t.untyped_storage().data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += t.untyped_storage().nbytes()
+
+    for obj in modules_or_optimizers:
+        if obj is None:
+            continue
+        if isinstance(obj, torch.nn.Module):
+            for t in list(obj.parameters()) + list(obj.buffers()):
+                add(t)
+        elif isinstance(obj, torch.optim.Optimizer):
+            for state in obj.state.values():
+                for t in state.values():
+                    add(t)
+    return total
+
+
+def _trainer_resident(trainer) -> int:
+    return _resident_bytes(_unwrap(trainer.network), trainer.optimizer, getattr(trainer, "text_encoder", None))
+
+
+def cuda_peak_train_mb(trainers: dict, step_fns: dict, device) -> dict:
+    """Per variant: peak allocated during one train step above what was live before, plus its resident tensors."""
+    import torch
+
+    out = {}
+    for name, fn in step_fns.items():
+        for t in trainers.values():
+            t.optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        out[name] = (peak + _trainer_resident(trainers[name])) / 2 ** 20
+    return out
+
+
+def cuda_peak_inference_mb(predictors: dict, image, device) -> dict:
+    import torch
+
+    out = {}
+    for name, pred in predictors.items():
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        pred.predict_sliding_window_return_logits(image)
+        torch.cuda.synchronize(device)
+        out[name] = (torch.cuda.max_memory_allocated(device) - base + _resident_bytes(pred.network)) / 2 ** 20
+    return out
+
+
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Linux: reset the process's peak RSS (VmHWM) to the current RSS (``/proc/self/clear_refs``, value 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _maxrss_mb() -> float:
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2 ** 20 if sys.platform == "darwin" else rss / 2 ** 10
+
+
+def _preimport_text_stack() -> None:
+    """Import (not load) the text encoder's code, the same in both variants' workers."""
+    try:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        from nnunet_mosmos.text import resolve_text_encoder
+
+        name = resolve_text_encoder(None)
+        local = Path(name).expanduser()
+        cfg = AutoConfig.from_pretrained(str(local) if local.exists() else name, local_files_only=local.exists())
+        AutoModel._model_mapping[type(cfg)]  # imports the modeling module
+        AutoTokenizer.from_pretrained(str(local) if local.exists() else name, local_files_only=local.exists())
+    except Exception:  # noqa: BLE001 - only a warm-up; the trainer reports real problems
+        pass
+
+
+def memory_worker(spec: dict) -> dict:
+    """Runs in a fresh process: peak memory of one variant (train step or inference) above a baseline.
+
+    CPU: the peak RSS is reset to the current RSS after imports and input creation (Linux
+    ``clear_refs``), so the number is the peak growth caused by building and running this variant
+    (network, optimizer state, text encoder, activations); elsewhere the ``ru_maxrss`` growth.
+    """
+    import gc
+
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: F401  (import before baseline)
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    device = torch.device(spec["device"])
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    cls = trainer_class(spec["trainer"])
+    plans, dj, configuration = spec["plans"], spec["dataset_json"], spec["configuration"]
+    cm = PlansManager(deepcopy(plans)).get_configuration(configuration)
+    n_in, n_labels = len(dj["channel_names"]), len(dj["labels"])
+    with contextlib.redirect_stdout(sys.stderr):
+        if spec["phase"] == "train":
+            batch = synthetic_batch(cm, n_in, n_labels, seed=0, device=device)
+        else:
+            image = inference_image(cm, n_in, spec["image_scale"])
+        _preimport_text_stack()  # Python modules are not the variant's memory (its weights are)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        exact = _reset_peak_rss()
+        base_rss = _proc_status_mb("VmRSS") if exact else _maxrss_mb()
+        trainer = build_trainer(cls, plans, configuration, dj, device, initialize=spec["phase"] == "train")
+        if spec["phase"] == "train":
+            _maybe_compile_cpu(trainer, spec["compile"] and device.type != "cuda")
+        else:
+            predictor = make_predictor(trainer, device, spec["mirroring"], spec["compile"])
+        # steady state: transient peaks of building/loading (e.g. reading the text encoder's file) do
+        # not count; what stays resident (weights, optimizer state, text encoder) does
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        elif exact:
+            _reset_peak_rss()
+        if spec["phase"] == "train":
+            for _ in range(2):
+                trainer.train_step(batch)
+        else:
+            with torch.no_grad():
+                predictor.predict_sliding_window_return_logits(image)
+        _sync(device)
+    if device.type == "cuda":
+        return {"peak_mb": (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20,
+                "method": "cuda_max_memory_allocated"}
+    peak = _proc_status_mb("VmHWM") if exact else _maxrss_mb()
+    return {"peak_mb": peak - base_rss, "baseline_rss_mb": base_rss,
+            "method": "VmHWM growth after clear_refs" if exact else "ru_maxrss growth"}
+
+
+def isolated_memory(jobs: list[dict], workdir: Path, parallel: int = 2) -> list[dict]:
+    """Run :func:`memory_worker` for each spec in fresh subprocesses (a few at a time)."""
+    procs, results = [], [None] * len(jobs)
+    pending = list(enumerate(jobs))
+    while pending or procs:
+        while pending and len(procs) < parallel:
+            i, spec = pending.pop(0)
+            path = workdir / f"memory_job_{i}.json"
+            path.write_text(json.dumps(spec))
+            # a fixed glibc mmap threshold: large tensors are mapped and unmapped, so the RSS follows the
+            # live memory instead of glibc's history-dependent heap (otherwise +-40 MB between runs)
+            env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072"))
+            p = subprocess.Popen([sys.executable, "-m", "nnunet_mosmos.benchmark", "--memory-worker", str(path)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            procs.append((i, p))
+        i, p = procs.pop(0)
+        out, err = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"memory worker for {jobs[i]['trainer']} ({jobs[i]['phase']}) failed:\n{err[-3000:]}")
+        results[i] = json.loads(out.strip().splitlines()[-1])
+    return results
+
+
+# --------------------------------------------------------------------------------------- profile
+def profile_train_step(trainer, batch: dict, steps: int = 2) -> dict:
+    """Per-module milliseconds of one training step (forward, backward), with ``torch.profiler``.
+
+    Forward ops count for the innermost labelled module they run in; each backward node counts for
+    the module whose forward op created it (matched by autograd sequence number).
+    """
+    import torch
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity, profile
+
+    net = _unwrap(trainer.network)
+    labelled = {"encoder": net.encoder, "decoder": net.decoder, "seg_loss": trainer.loss}
+    if hasattr(net, "tag_branch"):
+        labelled.update({"text_encoder_pass": net.tag_branch.prompt, "tag_decoder": net.tag_branch.decoder,
+                         "aligning_loss": trainer.aligning_loss})
+    handles, stack = [], []
+
+    def pre(name):
+        def hook(*_):
+            rf = record_function(f"bench::{name}")
+            rf.__enter__()
+            stack.append(rf)
+        return hook
+
+    def post(*_):
+        stack.pop().__exit__(None, None, None)
+
+    for name, mod in labelled.items():
+        handles.append(mod.register_forward_pre_hook(pre(name)))
+        handles.append(mod.register_forward_hook(post))
+    branch = getattr(net, "tag_branch", None)
+    own_inject = branch is not None and "inject" in branch.__dict__  # a prototype's override
+    if branch is not None:
+        orig_inject = branch.inject
+
+        def inject(skips, attention):
+            with record_function("bench::injection"):
+                return orig_inject(skips, attention)
+        branch.inject = inject
+    orig_clip = torch.nn.utils.clip_grad_norm_
+
+    def clip(*a, **k):
+        with record_function("bench::clip_grad"):
+            return orig_clip(*a, **k)
+    torch.nn.utils.clip_grad_norm_ = clip
+    device = trainer.device
+    try:
+        trainer.train_step(batch)  # warm
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            for _ in range(steps):
+                trainer.train_step(batch)
+            _sync(device)
+    finally:
+        torch.nn.utils.clip_grad_norm_ = orig_clip
+        for h in handles:
+            h.remove()
+        if branch is not None:
+            if own_inject:
+                branch.inject = orig_inject
+            else:
+                del branch.inject  # back to the class method
+    return _attribute(prof.events(), steps, device.type == "cuda")
+
+
+def component_times(trainers: dict, batch: dict, repeats: int = 5) -> dict:
+    """Milliseconds of each MOSMOS addition timed alone (forward + backward, real shapes), no profiler.
+
+    The profiler's per-op overhead inflates the many small ops of the text encoder and the tag
+    decoder; these direct timings are the numbers to compare with the measured step overhead.
+    """
+    import torch
+
+    mos, plain = trainers[MOSMOS], trainers[PLAIN]
+    net = _unwrap(mos.network)
+    branch, stage = net.tag_branch, net.branch_config.stage
+    device = mos.device
+    data, target = batch["data"], batch["target"]
+    seg_target = target[0] if isinstance(target, list) else target
+    with torch.no_grad():
+        skips = [s.detach() for s in net.encoder(data)]
+        emb = mos._tag_embeddings().detach()
+        tags = branch.decoder(skips[stage], emb)
+    feat = skips[stage].clone().requires_grad_()
+    att = tags.attention.detach().clone().requires_grad_()
+    logits = tags.logits.detach().clone().requires_grad_()
+    skip_leaves = [s.clone().requires_grad_() for s in skips]
+    w_att = torch.rand_like(tags.attention)
+
+    def text_pass():
+        e = mos._tag_embeddings()
+        e.backward(torch.ones_like(e))
+
+    def tag_decoder():
+        out = branch.decoder(feat, emb)
+        (out.logits.sum() + (out.attention * w_att).sum()).backward()
+
+    def injection():
+        out = branch.inject(skip_leaves, att)
+        sum(o.sum() for o in out[:stage + 1]).backward()
+
+    def aligning_loss():
+        mos.aligning_loss(att, logits, seg_target)["loss"].backward()
+
+    def timed(fn):
+        fn()
+        _sync(device)
+        vals = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            vals.append(time.perf_counter() - t0)
+        return round(statistics.median(vals) * 1000, 3)
+
+    out = {}
+    if mos.train_prompt_context:
+        out["text_encoder_pass"] = timed(text_pass)
+    out["tag_decoder"] = timed(tag_decoder)
+    out["injection"] = timed(injection)
+    out["aligning_loss"] = timed(aligning_loss)
+    for name, t in ((PLAIN, plain), (MOSMOS, mos)):  # grads are present after the timed train steps
+        t.train_step(batch)
+        out[f"optimizer_step_{name}"] = timed(t.optimizer.step)
+        out[f"clip_grad_{name}"] = timed(lambda t=t: torch.nn.utils.clip_grad_norm_(t.network.parameters(), 12))
+    out["optimizer_and_clip_extra"] = round(out[f"optimizer_step_{MOSMOS}"] + out[f"clip_grad_{MOSMOS}"]
+                                            - out[f"optimizer_step_{PLAIN}"] - out[f"clip_grad_{PLAIN}"], 3)
+    out["sum_of_additions"] = round(sum(out[k] for k in ("text_encoder_pass", "tag_decoder", "injection",
+                                                         "aligning_loss", "optimizer_and_clip_extra") if k in out), 3)
+    mos.optimizer.zero_grad(set_to_none=True)
+    return out
+
+
+def inference_component_times(predictors: dict, configuration_manager, n_channels: int, device,
+                              repeats: int = 5) -> dict:
+    """Milliseconds per sliding-window tile (batch 1, eval, no grad): whole networks and MOSMOS's parts."""
+    import torch
+
+    plain, mos = _unwrap(predictors[PLAIN].network), _unwrap(predictors[MOSMOS].network)
+    x = torch.randn(1, n_channels, *[int(p) for p in configuration_manager.patch_size], device=device)
+    branch, stage = mos.tag_branch, mos.branch_config.stage
+
+    def timed(fn):
+        fn()
+        _sync(device)
+        vals = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            vals.append(time.perf_counter() - t0)
+        return round(statistics.median(vals) * 1000, 3)
+
+    with torch.no_grad():
+        skips = mos.encoder(x)
+        att = branch.decoder(skips[stage], branch.tag_embeddings).attention
+        injected = branch.inject(skips, att)
+        out = {"plain_network": timed(lambda: plain(x)), "mosmos_network": timed(lambda: mos(x)),
+               "encoder": timed(lambda: mos.encoder(x)),
+               "tag_decoder": timed(lambda: branch.decoder(skips[stage], branch.tag_embeddings)),
+               "injection": timed(lambda: branch.inject(skips, att)),
+               "decoder": timed(lambda: mos.decoder(injected))}
+    out["overhead"] = round(out["mosmos_network"] - out["plain_network"], 3)
+    return out
+
+
+def _label_of(evt) -> str | None:
+    e = evt
+    while e is not None:
+        if e.name.startswith("bench::"):
+            return e.name[len("bench::"):]
+        if e.name.startswith("Optimizer."):
+            return "optimizer"
+        e = e.cpu_parent
+    return None
+
+
+def _attribute(events, steps: int, cuda: bool) -> dict:
+    fwd_label = {}
+    for e in events:
+        if e.sequence_nr is not None and e.sequence_nr >= 0 and not e.name.startswith("autograd::engine"):
+            anc, in_backward = e.cpu_parent, False
+            while anc is not None:
+                if anc.name.startswith("autograd::engine::evaluate_function"):
+                    in_backward = True
+                    break
+                anc = anc.cpu_parent
+            if not in_backward:
+                label = _label_of(e)
+                if label is not None:
+                    fwd_label.setdefault(e.sequence_nr, label)
+    table: dict = {}
+
+    def add(label, part, host_us, dev_us):
+        row = table.setdefault(label, {"fwd_ms": 0.0, "bwd_ms": 0.0})
+        row[f"{part}_ms"] += host_us / 1000 / steps
+        if cuda:
+            row[f"{part}_device_ms"] = row.get(f"{part}_device_ms", 0.0) + dev_us / 1000 / steps
+
+    for e in events:
+        if e.device_type.name != "CPU":
+            continue
+        top_backward = e.name.startswith("autograd::engine::evaluate_function") and e.cpu_parent is None
+        if top_backward:
+            if "AccumulateGrad" in e.name:
+                label = "grad_accumulation"
+            else:
+                label = fwd_label.get(e.sequence_nr, "unattributed_backward")
+            add(label, "bwd", e.cpu_time_total, getattr(e, "device_time_total", 0.0) if cuda else 0.0)
+            continue
+        anc, inside_backward = e, False
+        while anc is not None:
+            if anc.name.startswith("autograd::engine::evaluate_function"):
+                inside_backward = True
+                break
+            anc = anc.cpu_parent
+        if inside_backward:
+            continue
+        label = _label_of(e) or "other"
+        add(label, "fwd", e.self_cpu_time_total, getattr(e, "self_device_time_total", 0.0) if cuda else 0.0)
+    for row in table.values():
+        row["total_ms"] = row["fwd_ms"] + row["bwd_ms"]
+        for k in list(row):
+            row[k] = round(row[k], 3)
+    total = sum(r["total_ms"] for r in table.values())
+    return {"per_step_ms": round(total, 3),
+            "modules": dict(sorted(table.items(), key=lambda kv: -kv[1]["total_ms"]))}
+
+
+# ------------------------------------------------------------------------------------- the run
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for pkg in ("nnunetv2", "dynamic-network-architectures", "transformers", "nnunet-mosmos"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _machine(device) -> dict:
+    import torch
+
+    out = {"platform": platform.platform(), "processor": _cpu_name(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads()}
+    try:
+        out["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    try:
+        out["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _targets(result: dict) -> dict:
+    out = {}
+    for key, limit in TARGETS.items():
+        r = result.get(key, {}).get("ratio")
+        out[key] = {"limit": limit, "ratio": r, "met": None if r is None else bool(r <= limit)}
+    return out
+
+
+def bench_configuration(args, plans: dict, dataset_json: dict, configuration: str, device, workdir: Path) -> dict:
+    import torch
+
+    names = {PLAIN: args.plain_trainer, MOSMOS: args.trainer}
+    if args.prototypes:
+        names.update({k: v for k, v in PROTOTYPES.items()})
+    trainers = {}
+    for name, cls_name in names.items():
+        trainers[name] = build_trainer(trainer_class(cls_name), plans, configuration, dataset_json, device)
+        _maybe_compile_cpu(trainers[name], args.compile and device.type != "cuda")
+    mos = trainers[MOSMOS]
+    batch = trainer_batch(mos, seed=args.seed, device=device)
+    cm = mos.configuration_manager
+    arch = cm.network_arch_init_kwargs
+    info = {"patch_size": list(map(int, cm.patch_size)), "batch_size": int(cm.batch_size),
+            "n_stages": int(arch["n_stages"]), "features_per_stage": list(map(int, arch["features_per_stage"])),
+            "network_class": cm.network_arch_class_name.rsplit(".", 1)[-1],
+            "num_tags": len(mos.class_prompts), "tag_branch": _unwrap(mos.network).branch_config.to_dict(),
+            "text_encoder": mos.text_encoder_name,
+            "params_m": {n: round(sum(p.numel() for p in _unwrap(t.network).parameters()) / 1e6, 3)
+                         for n, t in trainers.items()},
+            "text_encoder_params_m": round(sum(p.numel() for p in mos.text_encoder.parameters()) / 1e6, 3)}
+    result: dict = {"plans": info}
+
+    step_fns = {n: (lambda t=t: t.train_step(batch)) for n, t in trainers.items()}
+    t0 = time.time()
+    runs = interleaved(step_fns, device, args.warmup, args.repeats, args.steps)
+    result["train_step_s"] = summarise({n: runs[n] for n in (PLAIN, MOSMOS)})
+    result["train_step_s"]["steps_per_repeat"] = args.steps
+    protos = {}
+    for name in PROTOTYPES if args.prototypes else ():
+        s = summarise({PLAIN: runs[PLAIN], name: runs[name]}, PLAIN, name)
+        protos[name] = {"class": PROTOTYPES[name], "train_step_s": s[name], "ratio_vs_plain": s["ratio"],
+                        "ratio_paired": s["ratio_paired"], "ratio_min": s["ratio_min"], "ratio_cpu": s["ratio_cpu"],
+                        "gain_vs_mosmos": _ratio(result["train_step_s"][MOSMOS], s[name])}
+    print(f"[bench] {configuration}: train steps timed in {time.time() - t0:.0f} s", file=sys.stderr)
+
+    image = None
+    if not args.no_inference:
+        image = inference_image(cm, mos.num_input_channels, args.image_scale)
+        inf_names = (PLAIN, MOSMOS) + (tuple(PROTOTYPES) if args.prototypes else ())
+        predictors = {n: make_predictor(trainers[n], device, args.mirroring, args.compile) for n in inf_names}
+        n_tiles = len(predictors[PLAIN]._internal_get_sliding_window_slicers(image.shape[1:]))
+        image = image.to(device) if device.type == "cuda" else image
+        result["plans"].update(inference_image_shape=list(image.shape), inference_tiles=n_tiles,
+                               mirroring=bool(predictors[PLAIN].use_mirroring))
+        t0 = time.time()
+        with torch.no_grad():
+            inf_runs = interleaved({n: (lambda p=p: p.predict_sliding_window_return_logits(image))
+                                    for n, p in predictors.items()},
+                                   device, max(1, args.warmup), args.repeats, 1)
+        result["inference_s"] = summarise({n: inf_runs[n] for n in (PLAIN, MOSMOS)})
+        for name in protos:
+            s = summarise({PLAIN: inf_runs[PLAIN], name: inf_runs[name]}, PLAIN, name)
+            protos[name]["inference_ratio_vs_plain"] = s["ratio"]
+        print(f"[bench] {configuration}: inference timed in {time.time() - t0:.0f} s", file=sys.stderr)
+
+    # peak memory
+    if device.type == "cuda" and not args.isolate_memory:
+        mem = cuda_peak_train_mb({n: trainers[n] for n in (PLAIN, MOSMOS)},
+                                 {n: step_fns[n] for n in (PLAIN, MOSMOS)}, device)
+        result["peak_mem_mb"] = {**mem, "ratio": _ratio(mem[MOSMOS], mem[PLAIN]),
+                                 "method": "cuda max_memory_allocated during one train step above the live "
+                                           "baseline + the variant's resident tensors (weights, optimizer state, "
+                                           "text encoder)"}
+        if image is not None:
+            with torch.no_grad():
+                mem = cuda_peak_inference_mb({n: predictors[n] for n in (PLAIN, MOSMOS)}, image, device)
+            result["inference_peak_mem_mb"] = {**mem, "ratio": _ratio(mem[MOSMOS], mem[PLAIN]),
+                                               "method": "cuda max_memory_allocated during prediction + weights"}
+    elif args.isolate_memory:
+        phases = ["train"] + ([] if args.no_inference else ["inference"])
+        spec = {"plans": plans, "dataset_json": dataset_json, "configuration": configuration, "device": str(device),
+                "compile": args.compile, "mirroring": args.mirroring, "image_scale": args.image_scale,
+                "threads": args.threads}
+        jobs = [dict(spec, trainer=names[n], phase=ph) for ph in phases for n in (PLAIN, MOSMOS)]
+        jobs += [dict(spec, trainer=names[n], phase="train") for n in protos]
+        t0 = time.time()
+        res = isolated_memory(jobs, workdir, parallel=args.memory_parallel)
+        for k, n in enumerate(protos):
+            protos[n]["peak_mem_mb"] = res[2 * len(phases) + k]["peak_mb"]
+            protos[n]["peak_mem_ratio_vs_plain"] = _ratio(res[2 * len(phases) + k]["peak_mb"], res[0]["peak_mb"])
+        for k, ph in enumerate(phases):
+            p, m = res[2 * k], res[2 * k + 1]
+            key = "peak_mem_mb" if ph == "train" else "inference_peak_mem_mb"
+            result[key] = {PLAIN: p["peak_mb"], MOSMOS: m["peak_mb"], "ratio": _ratio(m["peak_mb"], p["peak_mb"]),
+                           "method": ("fresh subprocess per variant: " + (
+                               "cuda max_memory_allocated" if device.type == "cuda" else
+                               "peak RSS while running over the RSS after imports and inputs, i.e. everything "
+                               "the variant adds (Linux: VmHWM reset through /proc/self/clear_refs after "
+                               "building, MALLOC_MMAP_THRESHOLD_=131072)")
+                                      + f", {'2 train steps' if ph == 'train' else 'one prediction'}")}
+            if device.type != "cuda":
+                result[key]["baseline_rss_mb"] = {PLAIN: p.get("baseline_rss_mb"), MOSMOS: m.get("baseline_rss_mb")}
+        print(f"[bench] {configuration}: isolated memory in {time.time() - t0:.0f} s", file=sys.stderr)
+    else:
+        for key in ("peak_mem_mb",) + (() if args.no_inference else ("inference_peak_mem_mb",)):
+            result[key] = {PLAIN: None, MOSMOS: None, "ratio": None,
+                           "method": "not measured on CPU without --isolate-memory"}
+    result["peak_mem_mb"]["text_encoder_mb"] = round(_resident_bytes(mos.text_encoder) / 2 ** 20, 1)
+    result["targets"] = _targets(result)
+    if protos:
+        result["prototypes"] = protos
+    if args.profile:
+        t0 = time.time()
+        result["profile"] = {
+            "components_ms": component_times(trainers, batch, max(3, args.repeats)),
+            "inference_tile_ms": None if image is None else inference_component_times(
+                predictors, cm, mos.num_input_channels, device, max(3, args.repeats)),
+            "measured_overhead_ms": round((result["train_step_s"][MOSMOS] - result["train_step_s"][PLAIN]) * 1000, 3),
+            "torch_profiler": {n: profile_train_step(trainers[n], batch, args.profile_steps) for n in (PLAIN, MOSMOS)},
+        }
+        print(f"[bench] {configuration}: profiled in {time.time() - t0:.0f} s", file=sys.stderr)
+    return result
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench_overhead.py",
+        description="Time plain nnU-Net vs MOSMOS (network + loss, identical plans): training step, sliding-window "
+                    "inference, peak memory. Prints JSON.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_argument_group("what to benchmark (default: synthetic phantoms planned by nnU-Net; "
+                               "with --quick: built-in plans-like 2d + 3d_fullres)")
+    src.add_argument("--plans", help="nnUNetPlans.json of an existing preprocessed dataset (or a model folder)")
+    src.add_argument("--dataset-json", help="its dataset.json (default: next to --plans)")
+    src.add_argument("-c", "--configurations", nargs="+", help="configurations (default: 2d 3d_fullres, those present)")
+    src.add_argument("--patch", nargs="+", type=int, help="built-in plans-like configuration with this patch size")
+    src.add_argument("--batch-size", type=int, default=2, help="with --patch")
+    src.add_argument("--base-features", type=int, default=32, help="with --patch")
+    src.add_argument("--max-features", type=int, help="with --patch (default 512 for 2D, 320 for 3D)")
+    src.add_argument("--num-classes", type=int, default=7, help="with --patch: foreground classes (= tags)")
+    src.add_argument("--synthetic-shape", nargs=3, type=int, default=[32, 64, 64], metavar=("Z", "Y", "X"))
+    src.add_argument("--synthetic-cases", type=int, default=4)
+    run = p.add_argument_group("how")
+    run.add_argument("--quick", action="store_true", help="tiny plans-like patches, 2 repeats (< 60 s on 2 CPU cores)")
+    run.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    run.add_argument("--compile", action="store_true", help="torch.compile both networks (nnU-Net's path on CUDA)")
+    run.add_argument("--repeats", type=int, help="timed rounds per variant, median reported (default 5; quick 2)")
+    run.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    run.add_argument("--steps", type=int, default=1, help="train steps per timed round")
+    run.add_argument("--text-encoder", help="HF id or folder (default: $MOSMOS_TEXT_ENCODER, else all-MiniLM-L6-v2)")
+    run.add_argument("--pretrained", help="a MOSMOS pre-training checkpoint: shape the branch like it (and load it)")
+    run.add_argument("--trainer", default="nnUNetTrainerMOSMOS", help="the MOSMOS trainer class")
+    run.add_argument("--plain-trainer", default="nnUNetTrainer", help="the baseline trainer class")
+    mirror = run.add_mutually_exclusive_group()
+    mirror.add_argument("--mirroring", dest="mirroring", action="store_true", default=None,
+                        help="test-time mirroring as nnU-Net (default outside --quick)")
+    mirror.add_argument("--no-mirroring", dest="mirroring", action="store_false")
+    run.add_argument("--image-scale", type=float, default=1.5, help="inference image = patch x this, in-plane")
+    run.add_argument("--no-inference", action="store_true")
+    run.add_argument("--isolate-memory", action="store_true",
+                     help="peak memory per variant in fresh subprocesses (needed for a CPU number)")
+    run.add_argument("--memory-parallel", type=int, default=2, help="memory subprocesses at a time")
+    run.add_argument("--profile", action="store_true", help="per-module breakdown of a train step (torch.profiler)")
+    run.add_argument("--profile-steps", type=int, default=2)
+    run.add_argument("--prototypes", action="store_true", help="also time design alternatives (see docs/benchmarks.md)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--threads", type=int,
+                     help="torch.set_num_threads; default on CPU: 1 (OpenMP threads of a shared machine wait for "
+                          "each other at every barrier, which makes multi-threaded timings swing 2-10x), 0 = "
+                          "torch's default")
+    run.add_argument("-o", "--output", help="also write the JSON here")
+    run.add_argument("--keep-workspace", action="store_true", help="do not delete the temporary nnU-Net folders")
+    p.add_argument("--memory-worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.plans and args.patch:
+        p.error("--plans and --patch are exclusive")
+    args.repeats = args.repeats or (2 if args.quick else 5)
+    if args.mirroring is None:
+        args.mirroring = not args.quick
+    return args
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    import torch
+
+    device = torch.device(args.device)
+    if args.threads is None and device.type == "cpu":
+        args.threads = 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_overhead: --device cuda but CUDA is not available")
+    started = time.time()
+    result = {"benchmark": "bench_overhead", "format_version": 1,
+              "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "command": " ".join(["scripts/bench_overhead.py"] + list(getattr(args, "argv", None) or [])),
+              "machine": _machine(device), "versions": _versions()}
+    tmp = tempfile.mkdtemp(prefix="mosmos_bench_")
+    root = Path(tmp)
+    try:
+        with workspace_env(root, args.text_encoder, args.compile, args.pretrained), \
+                contextlib.redirect_stdout(sys.stderr):
+            if args.plans:
+                plans, dj = read_plans(args.plans, args.dataset_json)
+                source = f"plans file {args.plans}"
+            elif args.patch or args.quick:
+                patches = {("2d" if len(args.patch) == 2 else "3d_fullres"): args.patch} if args.patch \
+                    else QUICK_PATCHES
+                labels = DEFAULT_LABELS if not args.patch or args.num_classes == 7 else \
+                    {"background": 0, **{f"organ_{i + 1}": i + 1 for i in range(args.num_classes)}}
+                plans, dj = plans_like({c: plans_like_configuration(pt, args.batch_size, args.base_features,
+                                                                    args.max_features)
+                                        for c, pt in patches.items()}, labels)
+                source = "built-in plans-like configuration (nnunet_mosmos.benchmark.plans_like_configuration)"
+            else:
+                t0 = time.time()
+                plans, dj = synthetic_plans(root, args.synthetic_shape, args.synthetic_cases)
+                source = (f"synthetic phantoms {args.synthetic_shape} x {args.synthetic_cases} cases planned by "
+                          f"nnU-Net's ExperimentPlanner ({time.time() - t0:.0f} s)")
+            configs = args.configurations or [c for c in ("2d", "3d_fullres") if c in plans["configurations"]]
+            text_encoder = None
+            try:
+                from nnunet_mosmos.text import resolve_text_encoder
+
+                text_encoder = resolve_text_encoder(None)
+            except Exception:  # reported by the trainer itself
+                pass
+            result["settings"] = {
+                "source": source, "configurations": configs, "device": str(device), "compile": args.compile,
+                "quick": args.quick, "repeats": args.repeats, "warmup": args.warmup, "steps_per_repeat": args.steps,
+                "plain_trainer": args.plain_trainer, "mosmos_trainer": args.trainer, "text_encoder": text_encoder,
+                "mirroring": args.mirroring, "tile_step_size": 0.5, "isolate_memory": args.isolate_memory,
+                "torch_threads": torch.get_num_threads(),
+                "timing": "wall-clock seconds, interleaved rounds (order alternates), median over repeats"}
+            result["configurations"] = {}
+            for c in configs:
+                if c not in plans["configurations"]:
+                    raise SystemExit(f"bench_overhead: configuration {c} not in the plans "
+                                     f"({sorted(plans['configurations'])})")
+                result["configurations"][c] = bench_configuration(args, plans, dj, c, device, root)
+    finally:
+        if not args.keep_workspace:
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"[bench] workspace kept: {root}", file=sys.stderr)
+    result["elapsed_s"] = round(time.time() - started, 1)
+    try:
+        result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    return result
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    args.argv = argv
+    if args.memory_worker:
+        spec = json.loads(Path(args.memory_worker).read_text())
+        print(json.dumps(memory_worker(spec), default=_json_default))
+        return 0
+    result = run_benchmark(args)
+    text = json.dumps(result, indent=2, default=_json_default)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

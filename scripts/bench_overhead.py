@@ -1,0 +1,19 @@
+#!/usr/bin/env python
+"""Overhead of MOSMOS over plain nnU-Net (training step, inference, peak memory), identical plans.
+
+    python scripts/bench_overhead.py --quick                      # smoke run, < 60 s on 2 CPU cores
+    python scripts/bench_overhead.py --isolate-memory --no-mirroring   # synthetic 2d + 3d_fullres plans
+    python scripts/bench_overhead.py --plans $nnUNet_preprocessed/Dataset001_X/nnUNetPlans.json -c 3d_fullres
+    python scripts/bench_overhead.py --device cuda --compile --patch 128 128 128 --batch-size 2
+
+Prints JSON (see docs/benchmarks.md); the logic lives in ``nnunet_mosmos/benchmark.py``.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nnunet_mosmos.benchmark import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

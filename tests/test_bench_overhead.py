@@ -1,0 +1,106 @@
+"""scripts/bench_overhead.py: the quick mode runs and its JSON has the documented shape.
+
+No timing thresholds: CI machines are shared and slow. The numbers themselves live in
+docs/benchmarks.md.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "bench_overhead.py"
+
+
+def _positive_finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _check_pair(block: dict, name: str):
+    assert {"plain", "mosmos", "ratio"} <= set(block), name
+    for key in ("plain", "mosmos", "ratio"):
+        assert _positive_finite(block[key]), (name, key, block[key])
+
+
+@pytest.fixture(scope="module")
+def quick_result(tiny_text_encoder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    env = dict(os.environ, MOSMOS_TEXT_ENCODER=str(tiny_text_encoder), HF_HUB_OFFLINE="1")
+    env.pop("MOSMOS_PRETRAINED", None)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--isolate-memory", "--profile",
+                           "--text-encoder", str(tiny_text_encoder), "-o", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    printed = json.loads(proc.stdout)  # stdout is the JSON and nothing else
+    assert printed == json.loads(out.read_text())
+    return printed
+
+
+def test_quick_json_shape(quick_result, tiny_text_encoder):
+    r = quick_result
+    assert r["benchmark"] == "bench_overhead"
+    assert {"date", "command", "machine", "versions", "settings", "configurations", "elapsed_s"} <= set(r)
+    assert {"torch", "nnunetv2", "python"} <= set(r["versions"]) and r["versions"]["nnunetv2"].startswith("2.")
+    assert {"platform", "processor", "cpu_count"} <= set(r["machine"])
+    s = r["settings"]
+    assert s["quick"] is True and s["device"] == "cpu" and s["repeats"] == 2 and s["mirroring"] is False
+    assert s["text_encoder"] == str(tiny_text_encoder)
+    assert set(r["configurations"]) == {"2d", "3d_fullres"}
+    for name, c in r["configurations"].items():
+        plans = c["plans"]
+        assert len(plans["patch_size"]) == (2 if name == "2d" else 3)
+        assert plans["num_tags"] == 7 and plans["tag_branch"]["num_tags"] == 7
+        assert plans["inference_tiles"] >= 2
+        for key in ("train_step_s", "inference_s", "peak_mem_mb", "inference_peak_mem_mb"):
+            _check_pair(c[key], f"{name}.{key}")
+        for key in ("ratio_paired", "ratio_min", "ratio_cpu"):
+            assert _positive_finite(c["train_step_s"][key])
+        assert len(c["train_step_s"]["runs"]["plain"]) == len(c["train_step_s"]["runs"]["mosmos"]) == 2
+        assert set(c["targets"]) == {"train_step_s", "inference_s", "peak_mem_mb"}
+        for t in c["targets"].values():
+            assert isinstance(t["met"], bool) and _positive_finite(t["limit"])
+        comp = c["profile"]["components_ms"]
+        assert {"text_encoder_pass", "tag_decoder", "injection", "aligning_loss", "sum_of_additions"} <= set(comp)
+        prof = c["profile"]["torch_profiler"]
+        assert {"encoder", "decoder", "seg_loss"} <= set(prof["plain"]["modules"])
+        assert {"encoder", "decoder", "seg_loss", "text_encoder_pass", "tag_decoder", "injection",
+                "aligning_loss"} <= set(prof["mosmos"]["modules"])
+        assert "text_encoder_pass" not in prof["plain"]["modules"]
+
+
+def test_plans_file_and_prototypes_in_process(tiny_text_encoder, tmp_path, monkeypatch):
+    """--plans of a preprocessed folder (plans + dataset.json beside it), prototypes, env restored."""
+    from nnunet_mosmos import benchmark
+
+    plans, dj = benchmark.plans_like({"2d": benchmark.plans_like_configuration([32, 32], batch_size=2)})
+    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(plans))
+    (tmp_path / "dataset.json").write_text(json.dumps(dj))
+    monkeypatch.setenv("nnUNet_results", "/somewhere/else")
+    out = tmp_path / "r.json"
+    assert benchmark.main(["--plans", str(tmp_path / "nnUNetPlans.json"), "-c", "2d", "--quick", "--prototypes",
+                           "--text-encoder", str(tiny_text_encoder), "-o", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert os.environ["nnUNet_results"] == "/somewhere/else"
+    c = r["configurations"]["2d"]
+    _check_pair(c["train_step_s"], "train")
+    for key in ("peak_mem_mb", "inference_peak_mem_mb"):
+        assert c[key]["ratio"] is None and "not measured" in c[key]["method"]
+    assert set(c["prototypes"]) == set(benchmark.PROTOTYPES)
+    for p in c["prototypes"].values():
+        assert _positive_finite(p["ratio_vs_plain"]) and _positive_finite(p["inference_ratio_vs_plain"])
+
+
+def test_plans_like_topology():
+    from nnunet_mosmos.benchmark import plans_like_configuration
+
+    c2 = plans_like_configuration([64, 64])
+    assert c2["architecture"]["arch_kwargs"]["strides"] == [[1, 1], [2, 2], [2, 2], [2, 2], [2, 2]]
+    assert c2["architecture"]["arch_kwargs"]["features_per_stage"] == [32, 64, 128, 256, 512]
+    c3 = plans_like_configuration([16, 32, 32])
+    assert c3["architecture"]["arch_kwargs"]["strides"] == [[1, 1, 1], [2, 2, 2], [2, 2, 2], [1, 2, 2]]
+    with pytest.raises(ValueError):
+        plans_like_configuration([32])
