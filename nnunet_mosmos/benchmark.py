@@ -687,6 +687,19 @@ def profile_train_step(trainer, batch: dict, steps: int = 2) -> dict:
     return _attribute(prof.events(), steps, device.type == "cuda")
 
 
+def _median_ms(fn, device, repeats: int) -> float:
+    """Median wall time of ``fn`` in milliseconds after one warm-up call (device-synchronised)."""
+    fn()
+    _sync(device)
+    vals = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        vals.append(time.perf_counter() - t0)
+    return round(statistics.median(vals) * 1000, 3)
+
+
 def component_times(trainers: dict, batch: dict, repeats: int = 5) -> dict:
     """Milliseconds of each MOSMOS addition timed alone (forward + backward, real shapes), no profiler.
 
@@ -727,15 +740,7 @@ def component_times(trainers: dict, batch: dict, repeats: int = 5) -> dict:
         mos.aligning_loss(att, logits, seg_target)["loss"].backward()
 
     def timed(fn):
-        fn()
-        _sync(device)
-        vals = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            vals.append(time.perf_counter() - t0)
-        return round(statistics.median(vals) * 1000, 3)
+        return _median_ms(fn, device, repeats)
 
     out = {}
     if mos.train_prompt_context:
@@ -765,15 +770,7 @@ def inference_component_times(predictors: dict, configuration_manager, n_channel
     branch, stage = mos.tag_branch, mos.branch_config.stage
 
     def timed(fn):
-        fn()
-        _sync(device)
-        vals = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            vals.append(time.perf_counter() - t0)
-        return round(statistics.median(vals) * 1000, 3)
+        return _median_ms(fn, device, repeats)
 
     with torch.no_grad():
         skips = mos.encoder(x)
