@@ -223,17 +223,9 @@ def _prototype_classes() -> dict:
             _restrict_injection(net, keep=2)
             return net
 
-    class BenchMOSMOS_lean(BenchMOSMOS_cachedEmbeddings):
+    class BenchMOSMOS_lean(BenchMOSMOS_cachedEmbeddings, BenchMOSMOS_injectLowRes):
         """The three above together."""
         tag_decoder_kwargs = BenchMOSMOS_smallTagDecoder.tag_decoder_kwargs
-
-        @classmethod
-        def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
-                                       num_output_channels, enable_deep_supervision=True):
-            net = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
-                                                     num_output_channels, enable_deep_supervision)
-            _restrict_injection(net, keep=2)
-            return net
 
     return {c.__name__: c for c in (BenchMOSMOS_cachedEmbeddings, BenchMOSMOS_smallTagDecoder,
                                     BenchMOSMOS_injectLowRes, BenchMOSMOS_lean)}
