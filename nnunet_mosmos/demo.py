@@ -34,11 +34,17 @@ SIZES = {
 }
 
 
+def env_for(command: str, env: dict) -> dict:
+    """``env`` for one nnU-Net command: nnU-Net 2.8.1's planner calls
+    ``torch.set_num_threads(nnUNet_n_proc_DA)``, which rejects the 0 that training accepts."""
+    if Path(command).name == "nnUNetv2_plan_and_preprocess" and env.get("nnUNet_n_proc_DA") == "0":
+        return {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"}
+    return env
+
+
 def _run(cmd: list, env: dict, log) -> None:
     cmd = [str(c) for c in cmd]
-    if Path(cmd[0]).name == "nnUNetv2_plan_and_preprocess" and env.get("nnUNet_n_proc_DA") == "0":
-        # nnU-Net 2.8.1's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which rejects 0
-        env = {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"}
+    env = env_for(cmd[0], env)
     print(f"\n$ {shlex.join(cmd)}", flush=True)
     log.write(f"\n$ {shlex.join(cmd)}\n")
     log.flush()

@@ -63,14 +63,19 @@ def resolve_text_encoder(name_or_path: str | None = None) -> str:
     return choice
 
 
+def looks_local(name_or_path: str) -> bool:
+    """A folder (existing, or written like a path) rather than a Hugging Face hub id."""
+    return Path(name_or_path).expanduser().exists() or name_or_path.startswith((".", "/", "~"))
+
+
 def _local_folder(name_or_path: str) -> Path | None:
     """The folder meant by ``name_or_path``, or None for a hub id; a bad folder is an error.
 
     Anything that exists or looks like a path is local, so a typo never turns into a download.
     """
-    local = Path(name_or_path).expanduser()
-    if not (local.exists() or name_or_path.startswith((".", "/", "~"))):
+    if not looks_local(name_or_path):
         return None
+    local = Path(name_or_path).expanduser()
     if not (local / "config.json").is_file():
         raise TextEncoderError(
             f"Text encoder folder '{name_or_path}' has no config.json. Point {ENV_TEXT_ENCODER} (or "

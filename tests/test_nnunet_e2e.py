@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from nnunet_mosmos.demo import env_for
+
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
@@ -35,8 +37,7 @@ class nnUNetTrainerMOSMOS_lr0(nnUNetTrainerMOSMOS_tiny):
 
 
 def run(cmd, env, timeout=900):
-    if cmd[0] == "nnUNetv2_plan_and_preprocess":  # its VRAM estimate calls set_num_threads(n_proc_DA)
-        env = {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"}
+    env = env_for(cmd[0], env)
     proc = subprocess.run([str(BIN / cmd[0]), *map(str, cmd[1:])], env=env, capture_output=True,
                           text=True, timeout=timeout)
     if proc.returncode != 0:

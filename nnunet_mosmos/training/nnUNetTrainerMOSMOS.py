@@ -42,7 +42,8 @@ from nnunet_mosmos.losses import PixelTagAligningLoss
 from nnunet_mosmos.network import MOSMOSNetwork, TagBranchConfig, build_mosmos_network
 from nnunet_mosmos.pretrained import load_pretrained, summarise, used
 from nnunet_mosmos.tags import class_prompts
-from nnunet_mosmos.text import ENV_TEXT_ENCODER, TextEncoder, resolve_text_encoder, text_encoder_dim
+from nnunet_mosmos.text import (ENV_TEXT_ENCODER, TextEncoder, looks_local, resolve_text_encoder,
+                                text_encoder_dim)
 
 PLANS_KEY = "mosmos_tag_branch"
 ENV_PROMPTS = "MOSMOS_PROMPTS"
@@ -115,7 +116,7 @@ class nnUNetTrainerMOSMOS(nnUNetTrainer):
         if os.environ.get(ENV_TEXT_ENCODER) or self.pretrained is None:
             return resolve_text_encoder(None)
         name = self.pretrained["text_encoder"]["name_or_path"]
-        if name.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(name)):
+        if looks_local(name) and not os.path.isdir(os.path.expanduser(name)):
             self.print_to_log_file(f"WARNING: the checkpoint's text encoder {name} is not on this machine; "
                                    f"set {ENV_TEXT_ENCODER} to a copy of it. Using the default instead.")
             return resolve_text_encoder(None)
