@@ -25,8 +25,10 @@ from nnunet_mosmos.tags import TagVocabulary, extract_tags
 from pretrain.transforms import PairTransform, zscore
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
-MANIFEST_HELP = ("a manifest is a CSV with header 'image,text' or a JSONL file of {\"image\": ..., \"text\": ...} "
-                 "objects; image paths are relative to the manifest's folder (or absolute)")
+MANIFEST_HELP = ("a manifest is a CSV with header 'image,text' (optional third column 'mask': a label map on the "
+                 "image's grid) or a JSONL file of {\"image\": ..., \"text\": ..., \"mask\": ...} objects; paths are "
+                 "relative to the manifest's folder (or absolute); an image may be a 2D picture, a 3D volume "
+                 "(NIfTI/MHA/NRRD) or a DICOM folder")
 
 
 class PairDataError(ValueError):
@@ -39,6 +41,8 @@ class Pair:
     image: Path
     text: str
     tags: tuple[int, ...]  # indices into the vocabulary
+    mask: Path | None = None  # label map on the image's grid (organ-level objectives), optional
+    info: dict | None = None  # per-row extras, e.g. CT-RATE rescale slope/intercept, modality
 
 
 @dataclass
@@ -55,6 +59,11 @@ class SkipReport:
 
     def total(self) -> int:
         return sum(self.counts.values())
+
+    def merge(self, other: "SkipReport") -> None:
+        for reason, n in other.counts.items():
+            self.counts[reason] += n
+            self.examples.setdefault(reason, list(other.examples.get(reason, []))[:3])
 
     def summary(self, what: str = "skipped") -> str:
         if not self.counts:
@@ -90,24 +99,36 @@ def _bad_text(text) -> str | None:
 
 
 def build_pairs(rows, vocabulary: TagVocabulary, keep_untagged: bool = False,
-                skipped: SkipReport | None = None) -> tuple[list[Pair], SkipReport]:
-    """``rows`` of (id, image path, text) -> usable pairs; the rest counted in the skip report."""
+                skipped: SkipReport | None = None, allow_missing_text: bool = False) -> tuple[list[Pair], SkipReport]:
+    """``rows`` of (id, image path, text[, mask path[, info]]) -> usable pairs; the rest counted.
+
+    ``allow_missing_text`` keeps rows without a report (their text is generated when loaded, for
+    the negative-free objective); an image "path" may be a DICOM folder.
+    """
     skipped = skipped or SkipReport()
     index = {name: i for i, name in enumerate(vocabulary.names)}
     pairs = []
-    for rid, image, text in rows:
-        reason = _bad_text(text)
+    for row in rows:
+        rid, image, text = row[:3]
+        mask = row[3] if len(row) > 3 else None
+        info = row[4] if len(row) > 4 else None
+        missing_text = text is None or (isinstance(text, str) and not text.strip())
+        reason = None if (missing_text and allow_missing_text) else _bad_text(text)
         if reason:
             skipped.add(reason, rid)
             continue
-        if not Path(image).is_file():
+        if not (Path(image).is_file() or Path(image).is_dir()):
             skipped.add("missing image", str(image))
             continue
-        tags = tuple(sorted(index[t] for t in extract_tags(text, vocabulary)))
-        if not tags and not keep_untagged:
+        if mask is not None and not Path(mask).is_file():
+            skipped.add("missing mask", str(mask))
+            continue
+        text = "" if missing_text else " ".join(text.split())
+        tags = tuple(sorted(index[t] for t in extract_tags(text, vocabulary))) if text else ()
+        if not tags and text and not keep_untagged:
             skipped.add("caption with no organ tag", rid)
             continue
-        pairs.append(Pair(rid, Path(image), " ".join(text.split()), tags))
+        pairs.append(Pair(rid, Path(image), text, tags, Path(mask) if mask is not None else None, info))
     return pairs, skipped
 
 
@@ -144,18 +165,20 @@ def manifest_rows(path, skipped: SkipReport | None = None):
         names = {h.strip().lower(): h for h in reader.fieldnames}
         for i, row in enumerate(reader, start=2):
             image = (row.get(names["image"]) or "").strip()
-            rows.append((f"{path.name}:{i}", base / image if image else base / "<empty>", row.get(names["text"])))
+            mask = (row.get(names["mask"]) or "").strip() if "mask" in names else ""
+            rows.append((f"{path.name}:{i}", base / image if image else base / "<empty>", row.get(names["text"]),
+                         base / mask if mask else None))
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
         for i, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
-                image, caption = obj["image"], obj.get("text")
-            except (json.JSONDecodeError, KeyError, TypeError):
+                image, caption, mask = obj["image"], obj.get("text"), obj.get("mask")
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                 (skipped or SkipReport()).add("malformed manifest line", f"{path.name}:{i}")
                 continue
-            rows.append((f"{path.name}:{i}", base / str(image), caption))
+            rows.append((f"{path.name}:{i}", base / str(image), caption, base / str(mask) if mask else None))
     else:
         raise PairDataError(f"manifest {path}: unknown extension (use .csv or .jsonl); {MANIFEST_HELP}")
     return rows
@@ -179,7 +202,8 @@ def synthetic_manifest(dataset: str | int | None, manifest: str | None) -> Path:
 
 
 def load_pairs(data: str, *, roco_root=None, split="train", subset="radiology", manifest=None, dataset=None,
-               vocabulary: TagVocabulary | None = None, keep_untagged: bool = False) -> PairSource:
+               vocabulary: TagVocabulary | None = None, keep_untagged: bool = False, ct_rate_root=None,
+               allow_missing_text: bool = False) -> PairSource:
     """Resolve ``--data`` to usable pairs; PairDataError / RocoLayoutError when nothing is usable."""
     vocabulary = vocabulary or TagVocabulary.default()
     skipped = SkipReport()
@@ -193,9 +217,19 @@ def load_pairs(data: str, *, roco_root=None, split="train", subset="radiology", 
             raise PairDataError(f"--data manifest needs --manifest PATH; {MANIFEST_HELP}")
         path = Path(manifest) if data == "manifest" else synthetic_manifest(dataset, manifest)
         rows, where = manifest_rows(path, skipped), f"{data} {path}"
+    elif data == "ct-rate":
+        if not ct_rate_root:
+            raise PairDataError("--data ct-rate needs --ct-rate-root (the CT-RATE folder holding dataset/); "
+                                "see docs/pretraining.md")
+        from pretrain.ctrate import read_ct_rate
+
+        rows, ct_skipped = read_ct_rate(ct_rate_root, split)
+        rows = [(rid, image, text, None, info) for rid, image, text, info in rows]
+        skipped.merge(ct_skipped)
+        where = f"CT-RATE {ct_rate_root} split={split}"
     else:
-        raise PairDataError(f"unknown --data {data!r}; use roco, manifest or synthetic")
-    pairs, skipped = build_pairs(rows, vocabulary, keep_untagged, skipped)
+        raise PairDataError(f"unknown --data {data!r}; use roco, manifest, synthetic or ct-rate")
+    pairs, skipped = build_pairs(rows, vocabulary, keep_untagged, skipped, allow_missing_text)
     if not pairs:
         raise PairDataError(f"no usable image-text pairs in {where} ({len(rows)} rows read).\n"
                             f"{skipped.summary()}\nCheck the image paths and that captions name organs "
@@ -228,17 +262,10 @@ def read_image(path: Path, rng: np.random.Generator | None) -> np.ndarray:
     taken: a random one when ``rng`` is given, the middle one otherwise.
     """
     if is_volume(path):
-        import SimpleITK as sitk
+        from pretrain.volumes import read_volume
 
-        array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-        if array.ndim == 4:  # vector pixels: average the components
-            array = array.mean(-1)
-        if array.ndim == 2:
-            array = array[None]
-        if array.ndim != 3 or min(array.shape) < 1:
-            raise ValueError(f"expected a 2D or 3D image, got array shape {array.shape}")
-        z = int(rng.integers(array.shape[0])) if rng is not None else array.shape[0] // 2
-        volume = zscore(array)
+        volume = zscore(read_volume(path).array)
+        z = int(rng.integers(volume.shape[0])) if rng is not None else volume.shape[0] // 2
         return volume[z]
     from PIL import Image
 
@@ -257,23 +284,45 @@ class PairDataset(Dataset):
 
     The per-sample generator is seeded from (seed, epoch, index): augmentation is identical
     whatever the worker count, and ``--resume`` replays the exact same samples.
+    ``two_views`` adds ``view2`` (a second augmentation of the same image, negative-free objective);
+    a pair without text gets ``text_for_missing(context)`` and the tags found in that text.
     """
 
     max_retries = 16
+    #: errors that are the user's data problem (e.g. a mask off its image's grid): raised, never skipped
+    fatal_errors: tuple = ()
 
-    def __init__(self, pairs: list[Pair], num_tags: int, transform: PairTransform, seed: int = 0):
+    def __init__(self, pairs: list[Pair], num_tags: int, transform: PairTransform, seed: int = 0,
+                 two_views: bool = False, text_for_missing=None, vocabulary: TagVocabulary | None = None):
         self.pairs, self.num_tags, self.transform, self.seed = pairs, num_tags, transform, seed
+        self.two_views, self.text_for_missing = two_views, text_for_missing
+        self.vocabulary = vocabulary or TagVocabulary.default()
 
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def text_and_tags(self, pair: Pair, context: dict) -> tuple[str, torch.Tensor]:
+        """The pair's text and multi-hot tags; generated (with its own tags) when the pair has none."""
+        text, tag_ids = pair.text, pair.tags
+        if not text and self.text_for_missing is not None:
+            text = self.text_for_missing(context)
+            names = {n: i for i, n in enumerate(self.vocabulary.names)}
+            tag_ids = [names[t] for t in extract_tags(text, self.vocabulary) if t in names]
+        tags = torch.zeros(self.num_tags)
+        tags[list(tag_ids)] = 1.0
+        return text, tags
+
     def _load(self, index: int, epoch: int) -> dict:
         pair = self.pairs[index]
         rng = np.random.default_rng([self.seed, epoch, index]) if self.transform.train else None
-        image = self.transform(read_image(pair.image, rng), rng)
-        tags = torch.zeros(self.num_tags)
-        tags[list(pair.tags)] = 1.0
-        return {"image": image, "text": pair.text, "tags": tags, "index": index}
+        raw = read_image(pair.image, rng)
+        sample = {"image": self.transform(raw, rng), "index": index}
+        if self.two_views:
+            sample["view2"] = self.transform(raw, rng)
+        context = {"image": str(pair.image), "organs": {}, "modality": None, "spacing": None,
+                   "shape": tuple(raw.shape), "metadata": {}}
+        sample["text"], sample["tags"] = self.text_and_tags(pair, context)
+        return sample
 
     def __getitem__(self, key) -> dict:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
@@ -282,6 +331,8 @@ class PairDataset(Dataset):
             i = (index + attempt) % len(self.pairs)
             try:
                 sample = self._load(i, epoch)
+            except self.fatal_errors:
+                raise
             except Exception as e:  # noqa: BLE001 - any decoder error means "unreadable image"
                 failed.append(f"{self.pairs[i].image}: {type(e).__name__}: {str(e)[:120]}")
                 continue
@@ -292,11 +343,15 @@ class PairDataset(Dataset):
 
 
 def collate_pairs(samples: list[dict]) -> dict:
-    return {"image": torch.stack([s["image"] for s in samples]),
-            "tags": torch.stack([s["tags"] for s in samples]),
-            "text": [s["text"] for s in samples],
-            "index": torch.tensor([s["index"] for s in samples]),
-            "failed": [f for s in samples for f in s["failed"]]}
+    """Stack tensors (image, tags and, when present, view2 / mask / has_mask); list texts and failures."""
+    batch = {"text": [s["text"] for s in samples], "index": torch.tensor([s["index"] for s in samples]),
+             "failed": [f for s in samples for f in s["failed"]]}
+    for key in ("image", "tags", "view2", "mask"):
+        if all(s.get(key) is not None for s in samples):
+            batch[key] = torch.stack([s[key] for s in samples])
+    if "has_mask" in samples[0]:
+        batch["has_mask"] = torch.tensor([bool(s["has_mask"]) for s in samples])
+    return batch
 
 
 def describe_source(source: PairSource) -> str:

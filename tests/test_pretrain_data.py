@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from nnunet_mosmos.tags import TagVocabulary, extract_tags
-from pretrain.datasets import (PairDataError, PairDataset, collate_pairs, describe_source, load_pairs,
+from pretrain.datasets import (Pair, PairDataError, PairDataset, collate_pairs, describe_source, load_pairs,
                                split_pairs)
 from pretrain.roco import RocoLayoutError, read_roco_v1
 from pretrain.transforms import PairTransform
@@ -250,3 +250,22 @@ def test_split_is_seeded_and_disjoint(roco_v1):
     assert len(val) == round(0.2 * len(pairs)) and not {p.id for p in train} & {p.id for p in val}
     assert split_pairs(pairs, 0.2, seed=1) == (train, val)
     assert split_pairs(pairs, 0.0, seed=1) == (pairs, [])
+
+
+def test_generated_text_for_a_pair_without_report_brings_its_own_tags(tmp_path):
+    from nnunet_mosmos.reports import template_report
+    from nnunet_mosmos.tags import TagVocabulary
+
+    vocab = TagVocabulary.default()
+    png = tmp_path / "x.png"
+    Image.fromarray((np.random.default_rng(0).random((20, 20)) * 255).astype(np.uint8)).save(png)
+    pair = Pair("row", png, "", ())
+    seen = []
+    ds = PairDataset([pair], len(vocab), PairTransform(16, train=True), two_views=True, vocabulary=vocab,
+                     text_for_missing=lambda ctx: seen.append(ctx) or template_report({"liver": 1500.0,
+                                                                                       "kidney_left": 150.0}))
+    item = ds[(0, 0)]
+    assert "liver" in item["text"] and seen[0]["image"] == str(png)
+    on = {vocab.names[i] for i in item["tags"].nonzero().flatten().tolist()}
+    assert on == {"liver", "kidney"}
+    assert item["view2"].shape == item["image"].shape and not torch.equal(item["view2"], item["image"])
