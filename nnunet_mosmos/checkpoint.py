@@ -229,7 +229,8 @@ def describe_checkpoint(ckpt: dict) -> str:
     lines = [f"MOSMOS checkpoint (format {ckpt['format']} v{ckpt['version']})",
              f"  encoder:       {_topology(ckpt['encoder'])}"]
     if ckpt.get("encoder_3d") is not None:
-        lines.append(f"  encoder_3d:    {_topology(ckpt['encoder_3d'])} (inflated from the 2D encoder)")
+        how = "inflated from the 2D encoder" if ckpt["encoder"]["dim"] == 2 else "the 3D encoder, fitted to the dataset"
+        lines.append(f"  encoder_3d:    {_topology(ckpt['encoder_3d'])} ({how})")
     target = prov.get("nnunet")
     if target:
         key = "encoder_3d" if ckpt.get("encoder_3d") is not None else "encoder"
@@ -240,6 +241,8 @@ def describe_checkpoint(ckpt: dict) -> str:
         lines.append("  fits:          any nnU-Net configuration with this encoder topology (default "
                      "topology; pass -d/-c to mosmos-pretrain to match a dataset's plans)")
     cfg = dec["config"]
+    if pre.get("dim") == 3:
+        pre = {**pre, "normalization": f"{pre.get('normalization')}, spacing {pre.get('spacing') or 'native'}"}
     lines += [
         f"  tag decoder:   reads encoder stage {dec['stage']}; d_model {cfg.get('d_model')}, "
         f"{cfg.get('num_layers')} layers, {cfg.get('num_heads')} heads, ffn {cfg.get('ffn_dim')}",
@@ -248,12 +251,13 @@ def describe_checkpoint(ckpt: dict) -> str:
         f"{'trained' if ckpt['text_encoder'].get('trained') else 'frozen'})",
         f"  vocabulary:    {len(ckpt['vocabulary'])} tags: {', '.join(ckpt['vocabulary'])}",
         f"  preprocessing: {pre.get('channels')} channel(s), {pre.get('normalization')}, "
-        f"image size {pre.get('image_size')}",
+        f"{'patch' if pre.get('dim') == 3 else 'image'} size {pre.get('image_size')}",
     ]
     if prov:
         hist = prov.get("history") or []
         last = hist[-1] if hist else {}
-        losses = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "contrastive", "tag") if k in last)
+        losses = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "contrastive", "tag", "organ", "negative_free")
+                           if last.get(k))
         lines += [f"  trained:       {prov.get('steps')} steps ({prov.get('epochs')} epochs) on "
                   f"{prov.get('data')}; seed {prov.get('seed')}; loss weights {prov.get('loss_weights')}",
                   f"  last losses:   {losses or 'n/a'}",

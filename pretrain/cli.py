@@ -16,6 +16,14 @@ EXAMPLES = """examples:
   mosmos-pretrain --data manifest --manifest reports.csv -d 3 -c 2d --epochs 20
   # the synthetic phantoms (mosmos-synthetic -d 901), default topology, explicit output
   mosmos-pretrain --data synthetic -d 901 --image-size 64 --max-steps 200 -o phantom.pt
+  # native 3D: volumes (NIfTI/MHA/NRRD or DICOM folders) + reports (+ optional masks) -> the 3d_fullres encoder
+  mosmos-pretrain --data manifest --manifest reports.csv -d 3 -c 3d_fullres
+  # CT-RATE (dataset/ + radiology_text_reports/), organ-grounded objective with TotalSegmentator masks
+  mosmos-pretrain --data ct-rate --ct-rate-root /data/CT-RATE -d 3 -c 3d_fullres
+  mosmos-pretrain --data manifest --manifest ct_with_masks.csv -d 3 -c 3d_fullres --objective organ-grounded \
+      --label-names class_map.json --label-names-key total
+  # images without reports: two views + Barlow Twins, text generated from the masks (or your generator)
+  mosmos-pretrain --data manifest --manifest unreported.csv -d 3 -c 3d_fullres --objective negative-free
   # 8 GPUs
   torchrun --nproc_per_node 8 -m pretrain.cli --data roco --roco-root ... -d 3 -c 3d_fullres
 
@@ -39,17 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mosmos-pretrain", description=__doc__.splitlines()[0].replace("``", ""),
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data")
-    d.add_argument("--data", choices=("roco", "manifest", "synthetic"), required=True,
-                   help="pair source: ROCO v1/v2 folder, your own manifest, or a mosmos-synthetic dataset")
+    d.add_argument("--data", choices=("roco", "manifest", "synthetic", "ct-rate"), required=True,
+                   help="pair source: ROCO v1/v2 folder, your own manifest, a mosmos-synthetic dataset, or CT-RATE")
+    d.add_argument("--ct-rate-root", help="CT-RATE folder (holds dataset/{train,valid}/ and "
+                   "dataset/radiology_text_reports/); --split train or valid")
     d.add_argument("--roco-root", help="ROCO root: holds <split>/radiology/captions.txt (v1, GitHub "
                    "razorx89/roco-dataset with images fetched to <split>/radiology/images/<ID>.jpg) or "
                    "<split>_captions.csv + <split>/<ID>.jpg (v2, Zenodo)")
     d.add_argument("--split", default="train", help="ROCO split: train, validation/valid or test (default: train)")
     d.add_argument("--subset", default="radiology", choices=("radiology", "non-radiology", "all"),
                    help="ROCO v1 subset (default: radiology)")
-    d.add_argument("--manifest", help="CSV with header 'image,text' or JSONL {\"image\", \"text\"}; image paths "
-                   "relative to the file; 2D PNG/JPG or 3D NIfTI/MHA/NRRD (a random axial slice per sample). "
-                   "With --data synthetic: overrides <dataset>/pairs2d/manifest.csv")
+    d.add_argument("--manifest", help="CSV with header 'image,text[,mask]' or JSONL {\"image\", \"text\", \"mask\"}; "
+                   "paths relative to the file; 2D PNG/JPG, 3D NIfTI/MHA/NRRD or a DICOM folder (3D: patches with "
+                   "--dim 3, else a random axial slice). With --data synthetic: overrides <dataset>/pairs2d/manifest.csv")
     d.add_argument("--vocabulary", help="tag vocabulary JSON (default: the shipped 20 organ tags, docs/tags.md)")
     d.add_argument("--keep-untagged", action="store_true",
                    help="keep captions that name no organ tag (contrastive loss only); default: skip and count")
@@ -61,11 +71,33 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-c", "--configuration", help="nnU-Net configuration (2d, 3d_fullres, ...); 3D ones are "
                    "pre-trained as their 2D twin and exported inflated. Without -c: default 2D topology")
     m.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    m.add_argument("--dim", choices=("auto", "2", "3"), default="auto",
+                   help="2: 2D encoder (the 2D twin of a 3D -c), 3: the 3D encoder on 3D patches at the configuration's "
+                   "spacing and patch size; auto (default): 3 when every image is a volume and -c is 3D (or "
+                   "--image-size has 3 values, or --data ct-rate)")
     m.add_argument("--text-encoder", help="Hugging Face model id or local folder (default: $MOSMOS_TEXT_ENCODER, "
                    "else all-MiniLM-L6-v2 from nnunet-mosmos[text]); kept frozen")
     m.add_argument("--image-size", type=_positive(int), nargs="+", metavar="PX",
-                   help="training image size, one value (square) or H W (default: the configuration's in-plane "
-                   "patch size with -c, else 256)")
+                   help="training image size, one value (square) or H W; in 3D the patch, one value or Z Y X "
+                   "(default: the configuration's patch size with -c, else 256 / 64^3)")
+    o = p.add_argument_group("objectives (docs/pretraining.md)")
+    o.add_argument("--objective", action="append", choices=("mosmos", "organ-grounded", "negative-free"),
+                   help="add an objective to MOSMOS' contrastive + tag losses (repeatable): organ-grounded (CT-GLIP: "
+                   "organ-level contrast inside mask regions, needs a 'mask' column) or negative-free (GTGM: two views + "
+                   "Barlow Twins; rows without text get generated text)")
+    o.add_argument("--organ-weight", type=float, default=1.0, help="weight of the organ-grounded loss (default: 1)")
+    o.add_argument("--negative-free-weight", type=float, default=0.01,
+                   help="weight of the Barlow-Twins loss (default: 0.01, GTGM's)")
+    o.add_argument("--label-names", help="names of the masks' label values: nnU-Net dataset.json, a {value: name} "
+                   "JSON or TotalSegmentator's class map (with --label-names-key); default: -d's dataset.json")
+    o.add_argument("--label-names-key", help="which map of a --label-names file holding several (e.g. total, total_mr)")
+    o.add_argument("--abnormality-dictionary", help="JSON of normal/abnormal phrases per organ (default: the shipped "
+                   "nnunet_mosmos/data/abnormality_dictionary.json; copy and edit it)")
+    o.add_argument("--negatives-per-organ", type=int, default=2,
+                   help="dictionary negatives per organ-level pair (default: 2; 0 disables)")
+    o.add_argument("--text-generator", metavar="MODULE:FUNCTION",
+                   help="text for images without a report (negative-free): a callable taking the context dict "
+                   "(docs/report_text.md); default: a template from the mask's organs and sizes")
     t = p.add_argument_group("optimisation")
     t.add_argument("--batch-size", type=_positive(int), default=32, help="pairs per process and step (default: 32)")
     t.add_argument("--epochs", type=_positive(int), default=10, help="epochs, if --max-steps is not given (default: 10)")
@@ -112,7 +144,11 @@ def config_from_args(args, argv) -> "PretrainConfig":  # noqa: F821
         device=args.device, seed=args.seed, resume=args.resume, output=args.output, val_fraction=args.val_fraction,
         save_every=args.save_every, eval_every=args.eval_every, log_every=args.log_every, stop_after=args.stop_after,
         amp=args.amp, keep_untagged=args.keep_untagged, vocabulary=args.vocabulary,
-        progress_bar=not args.no_progress_bar,
+        progress_bar=not args.no_progress_bar, ct_rate_root=args.ct_rate_root, dim=args.dim,
+        objectives=["mosmos"] + [o for o in dict.fromkeys(args.objective or []) if o != "mosmos"],
+        organ_weight=args.organ_weight, negative_free_weight=args.negative_free_weight, label_names=args.label_names,
+        label_names_key=args.label_names_key, abnormality_dictionary=args.abnormality_dictionary,
+        negatives_per_organ=args.negatives_per_organ, text_generator=args.text_generator,
         command="mosmos-pretrain " + " ".join(shlex.quote(a) for a in argv))
 
 
@@ -120,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.image_size and len(args.image_size) > 2:
-        parser.error("--image-size takes one value (square) or two (H W)")
+    if args.image_size and len(args.image_size) > 3:
+        parser.error("--image-size takes one value, two (H W) or three (Z Y X, 3D)")
+    if args.image_size and len(args.image_size) == 3 and args.dim == "2":
+        parser.error("--image-size with three values is a 3D patch; drop --dim 2")
     from nnunet_mosmos.checkpoint import CheckpointError
     from nnunet_mosmos.text import TextEncoderError
     from pretrain.datasets import PairDataError
@@ -131,9 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.roco import RocoLayoutError
 
     try:
+        from pretrain.ctrate import CTRateLayoutError
+    except ImportError:  # pragma: no cover
+        CTRateLayoutError = RocoLayoutError
+
+    try:
         return run(config_from_args(args, argv))
-    except (PretrainError, PairDataError, PlansError, RocoLayoutError, CheckpointError, TextEncoderError,
-            ExportError) as e:
+    except (PretrainError, PairDataError, PlansError, RocoLayoutError, CTRateLayoutError, CheckpointError,
+            TextEncoderError, ExportError) as e:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"mosmos-pretrain: error: {e}", file=sys.stderr)
         return 2

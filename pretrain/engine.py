@@ -30,15 +30,18 @@ from torch.utils.data import DataLoader, DistributedSampler
 from nnunet_mosmos.checkpoint import atomic_torch_save, save_mosmos_checkpoint
 from nnunet_mosmos.tags import TagVocabulary
 from nnunet_mosmos.text import TextEncoder
-from pretrain.datasets import PairDataset, collate_pairs, describe_source, load_pairs, split_pairs
-from pretrain.losses import PretrainLoss
+from pretrain.datasets import PairDataset, collate_pairs, describe_source, is_volume, load_pairs, split_pairs
+from pretrain.grounding import OrganGrounding, read_label_names
+from pretrain.losses import TERMS, PretrainLoss
 from pretrain.monitor import RunLog, evaluate, plot_progress
 from pretrain.model import PretrainModel
-from pretrain.plans import default_output, encoder_spec
+from pretrain.plans import ZSCORE, PlansError, default_output, encoder_spec, find_dataset_folder, load_configuration
 from pretrain.transforms import PairTransform
 
 STATE_FORMAT = "nnunet-mosmos-pretrain-state"
 GRAD_CLIP = 1.0
+#: MOSMOS' own losses are always on (weights may be 0); the others are added with --objective
+OBJECTIVES = ("mosmos", "organ-grounded", "negative-free")
 
 
 @dataclass
@@ -80,6 +83,17 @@ class PretrainConfig:
     n_ctx: int = 4
     progress_bar: bool = True
     command: str = ""
+    # hospital-shaped data (docs/pretraining.md, "3D reports and the extra objectives")
+    ct_rate_root: str | None = None
+    dim: str = "auto"  # "auto", "2" or "3"
+    objectives: list = field(default_factory=lambda: ["mosmos"])
+    organ_weight: float = 1.0
+    negative_free_weight: float = 0.01
+    label_names: str | None = None
+    label_names_key: str | None = None
+    abnormality_dictionary: str | None = None
+    negatives_per_organ: int = 2
+    text_generator: str | None = None
 
 
 class PretrainError(ValueError):
@@ -214,32 +228,49 @@ class Trainer:
     # ---- setup
     def setup(self) -> None:
         cfg, rt = self.cfg, self.rt
+        unknown = sorted(set(cfg.objectives) - set(OBJECTIVES))
+        if unknown:
+            raise PretrainError(f"unknown --objective {unknown}; choose from {list(OBJECTIVES)}")
         try:
             vocab = TagVocabulary.from_json(cfg.vocabulary) if cfg.vocabulary else TagVocabulary.default()
         except ValueError as e:
             raise PretrainError(str(e)) from None
+        negative_free = "negative-free" in cfg.objectives
         self.source = load_pairs(cfg.data, roco_root=cfg.roco_root, split=cfg.split, subset=cfg.subset,
                                  manifest=cfg.manifest, dataset=cfg.dataset, vocabulary=vocab,
-                                 keep_untagged=cfg.keep_untagged)
+                                 keep_untagged=cfg.keep_untagged, ct_rate_root=cfg.ct_rate_root,
+                                 allow_missing_text=negative_free)
+        self.dim = resolve_dim(cfg, self.source.pairs, self.spec)
+        if self.dim == 3:
+            self.spec = encoder_spec(cfg.dataset, cfg.configuration, cfg.plans, cfg.image_size, dim=3)
         train, val = split_pairs(self.source.pairs, cfg.val_fraction, cfg.seed)
+        # every input check comes before the first log line: a run refused on its input writes nothing
+        self.grounding = self._grounding(train, vocab) if "organ-grounded" in cfg.objectives else None
+        self.train_set, self.val_set = self._datasets(train, val, vocab, negative_free)
         self.log(describe_source(self.source))
         self.log(f"Split: {len(train)} training / {len(val)} held-out pairs (--val-fraction {cfg.val_fraction})")
-        k = len(vocab)
-        self.train_set = PairDataset(train, k, PairTransform(self.spec.image_size, train=True), cfg.seed)
-        self.val_set = PairDataset(val, k, PairTransform(self.spec.image_size, train=False), cfg.seed)
+        for note in self.dicom_notes:
+            self.log(note)
+        if self.grounding is not None:
+            self.log(self.grounding.describe())
         per_rank = len(train) // rt.world
         self.steps_per_epoch = per_rank // cfg.batch_size
         if self.steps_per_epoch < 1:
             raise PretrainError(f"{len(train)} training pairs are too few for --batch-size {cfg.batch_size} on "
                                 f"{rt.world} process(es); lower --batch-size (or --val-fraction)")
+        if negative_free and cfg.batch_size < 2:
+            raise PretrainError("--objective negative-free standardises projections over the batch: use "
+                                "--batch-size 2 or more")
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(500, max(1, self.total_steps // 20))
         self.tag_weight = cfg.tag_weight
 
         _seed_all(cfg.seed)  # identical initial weights on every rank
         text = TextEncoder(cfg.text_encoder).to(rt.device)
-        self.model = PretrainModel(self.spec, text, vocab.names, cfg.embed_dim, cfg.decoder, cfg.n_ctx).to(rt.device)
-        self.criterion = PretrainLoss(cfg.contrastive_weight, self.tag_weight)
+        self.model = PretrainModel(self.spec, text, vocab.names, cfg.embed_dim, cfg.decoder, cfg.n_ctx,
+                                   objectives=cfg.objectives).to(rt.device)
+        self.criterion = PretrainLoss(cfg.contrastive_weight, self.tag_weight, cfg.organ_weight,
+                                      cfg.negative_free_weight)
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.warmup, self.total_steps))
         self.scaler = torch.amp.GradScaler("cuda") if rt.amp_dtype == torch.float16 else None
@@ -247,20 +278,107 @@ class Trainer:
         _seed_all(cfg.seed + rt.rank)  # dropout differs per rank, as it should
         if cfg.resume:
             self._load_state(self._resume_path())
+        # organ pairs vary per batch (a batch may have none): DDP must tolerate an unused organ head
         self.net = torch.nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) if rt.ddp else self.model
+            self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+            find_unused_parameters=self.grounding is not None) if rt.ddp else self.model
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self.log(f"Encoder: {self.spec.arch_class_name.rsplit('.', 1)[-1]} 2D, stages "
-                 f"{self.spec.arch_kwargs['features_per_stage']}, image size {self.spec.image_size}, tag decoder on "
-                 f"stage {self.model.stage}" + (f"; plans {self.spec.target['dataset']}/{self.spec.target['plans']}/"
-                                                f"{self.spec.target['configuration']}" if self.spec.target else
-                                                " (default topology)"))
+        where = (f"; plans {self.spec.target['dataset']}/{self.spec.target['plans']}/"
+                 f"{self.spec.target['configuration']}" if self.spec.target else " (default topology)")
+        size = "patch" if self.dim == 3 else "image size"
+        self.log(f"Encoder: {self.spec.arch_class_name.rsplit('.', 1)[-1]} {self.dim}D, stages "
+                 f"{self.spec.arch_kwargs['features_per_stage']}, {size} {self.spec.image_size}, tag decoder on "
+                 f"stage {self.model.stage}{where}")
+        if self.dim == 3:
+            self.log(f"Volumes: spacing {self.spec.spacing or 'native (no resampling)'}, normalisation "
+                     f"{self.train_set.normalizer.describe()}")
         self.log(f"Text encoder {text.name_or_path} (frozen, dim {text.dim}); {n_params / 1e6:.2f} M trainable "
                  f"parameters; {rt.world} process(es) on {rt.device}, amp {rt.amp_dtype}")
         self.log(f"Schedule: {self.total_steps} steps ({self.steps_per_epoch} per epoch), warm-up {self.warmup}, "
                  f"lr {cfg.lr}, weight decay {cfg.weight_decay}, batch {cfg.batch_size} x {rt.world}, loss = "
-                 f"{cfg.contrastive_weight} * contrastive + {self.tag_weight} * tag")
+                 f"{self.criterion_formula()}")
         self.log(f"Output {self.output}; run folder {self.run_dir}")
+
+    def criterion_formula(self) -> str:
+        cfg = self.cfg
+        terms = [f"{cfg.contrastive_weight} * contrastive", f"{self.tag_weight} * tag"]
+        if "organ-grounded" in cfg.objectives:
+            terms.append(f"{cfg.organ_weight} * organ-grounded")
+        if "negative-free" in cfg.objectives:
+            terms.append(f"{cfg.negative_free_weight} * barlow-twins (2 views)")
+        return " + ".join(terms)
+
+    def _label_names(self) -> dict:
+        cfg = self.cfg
+        if cfg.label_names:
+            return read_label_names(cfg.label_names, cfg.label_names_key)
+        for var in ("nnUNet_raw", "nnUNet_preprocessed"):
+            if cfg.dataset is None:
+                break
+            try:
+                folder = find_dataset_folder(cfg.dataset, (var,))
+            except PlansError:
+                continue
+            if (folder / "dataset.json").is_file():
+                return read_label_names(folder / "dataset.json")
+        raise PretrainError("--objective organ-grounded needs the names of the mask's label values: pass "
+                            "--label-names (nnU-Net dataset.json, a {value: name} JSON, or TotalSegmentator's class "
+                            "map with --label-names-key total) or -d of a dataset whose dataset.json names them")
+
+    def _grounding(self, train, vocab):
+        from nnunet_mosmos.reports import AbnormalityDictionary
+
+        if self.dim != 3:
+            raise PretrainError("--objective organ-grounded pools features inside organ masks of 3D volumes: give "
+                                "manifest rows with a 'mask' column and pre-train in 3D (-c 3d_fullres or --dim 3)")
+        try:
+            dictionary = AbnormalityDictionary.from_json(self.cfg.abnormality_dictionary, vocabulary=vocab) \
+                if self.cfg.abnormality_dictionary else AbnormalityDictionary.default()
+        except ValueError as e:
+            raise PretrainError(str(e)) from None
+        grounding = OrganGrounding(train, self._label_names(), vocab, dictionary, self.cfg.negatives_per_organ,
+                                   seed=self.cfg.seed)
+        if grounding.usable == 0:
+            raise PretrainError("--objective organ-grounded: no training pair has both a mask and a sentence naming "
+                                "one of its organs.\n" + grounding.describe())
+        return grounding
+
+    def _datasets(self, train, val, vocab, two_views: bool):
+        cfg = self.cfg
+        self.dicom_notes = []
+        generator = None
+        if two_views:
+            from nnunet_mosmos.reports import load_text_generator
+
+            try:
+                generator = load_text_generator(cfg.text_generator)
+            except ValueError as e:
+                raise PretrainError(str(e)) from None
+        num_tags = len(vocab)
+        if self.dim == 2:
+            return (PairDataset(train, num_tags, PairTransform(self.spec.image_size, train=True), cfg.seed,
+                                two_views=two_views, text_for_missing=generator, vocabulary=vocab),
+                    PairDataset(val, num_tags, PairTransform(self.spec.image_size, train=False), cfg.seed,
+                                text_for_missing=generator, vocabulary=vocab))
+        from pretrain.volumes import (Normalizer, PatchSampler, VolumePairDataset, check_pair_geometry,
+                                      pick_dicom_series)
+
+        for pair in train + val:  # header reads only: a wrong mask stops the run before step 1
+            if pair.mask is not None:
+                check_pair_geometry(pair.image, pair.mask)
+            if pair.image.is_dir():  # say which series of a DICOM folder is used (the rule: most slices)
+                self.dicom_notes.append(pick_dicom_series(pair.image)[1])
+        norm = self.spec.normalization or {"scheme": ZSCORE, "intensity_properties": None}
+        try:
+            normalizer = Normalizer(norm["scheme"], norm["intensity_properties"])
+        except ValueError as e:
+            raise PretrainError(str(e)) from None
+        names = self._label_names() if any(p.mask is not None for p in train) and (
+            self.grounding is not None or cfg.label_names or cfg.dataset is not None) else None
+        make = lambda pairs, is_train, views: VolumePairDataset(  # noqa: E731
+            pairs, num_tags, PatchSampler(self.spec.image_size, self.spec.spacing, train=is_train), normalizer,
+            cfg.seed, two_views=views, label_names=names, text_for_missing=generator, vocabulary=vocab)
+        return make(train, True, two_views), make(val, False, False)
 
     def _resume_path(self) -> Path:
         path = self.run_dir / "last.pt" if self.cfg.resume in ("auto", "", True) else Path(self.cfg.resume)
@@ -331,9 +449,13 @@ class Trainer:
         rt = self.rt
         images = batch["image"].to(rt.device, non_blocking=True)
         tags = batch["tags"].to(rt.device, non_blocking=True)
+        view2 = batch["view2"].to(rt.device, non_blocking=True) if "view2" in batch else None
+        organs = None
+        if self.grounding is not None:
+            organs = self.grounding.batch(batch["mask"].to(rt.device, non_blocking=True), batch["index"])
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
-            out = self.net(images, batch["text"])
+            out = self.net(images, batch["text"], view2=view2, organs=organs)
             losses = self.criterion(out, tags)
         if self.scaler:
             self.scaler.scale(losses["loss"]).backward()
@@ -347,7 +469,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.scheduler.step()
-        return [losses["loss"].detach().item(), losses["contrastive"].item(), losses["tag"].item(),
+        return [losses["loss"].detach().item(), *(losses[t].item() for t in TERMS),
                 1.0 / out["logit_scale"].detach().item()]
 
     def _handle_signal(self, signum, frame) -> None:
@@ -377,17 +499,18 @@ class Trainer:
     def _log_interval(self, sums: list[float], n: int) -> None:
         avg = _all_reduce_mean([s / max(n, 1) for s in sums], self.rt)
         entry = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": avg[0],
-                 "contrastive": avg[1], "tag": avg[2], "temperature": avg[3],
-                 "lr": self.optimizer.param_groups[0]["lr"]}
+                 **dict(zip(TERMS, avg[1:-1])), "temperature": avg[-1], "lr": self.optimizer.param_groups[0]["lr"]}
         self.history.append(entry)
+        terms = " ".join(f"{t} {entry[t]:.4f}" for t in TERMS if t in ("contrastive", "tag") or entry[t])
         self.log(f"step {self.step}/{self.total_steps} (epoch {entry['epoch']:.2f}): loss {avg[0]:.4f} "
-                 f"contrastive {avg[1]:.4f} tag {avg[2]:.4f} temperature {avg[3]:.4f} lr {entry['lr']:.2e}")
+                 f"{terms} temperature {avg[-1]:.4f} lr {entry['lr']:.2e}")
 
     def fit(self) -> int:
         """Train to ``total_steps`` (or until a signal / --stop-after); return the exit code."""
         cfg, rt = self.cfg, self.rt
         handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        started_at, sums, n = self.step, [0.0] * 4, 0
+        width = len(TERMS) + 2  # loss, the terms, temperature
+        started_at, sums, n = self.step, [0.0] * width, 0
         eval_every = cfg.eval_every or cfg.save_every
         bar = None
         if rt.main and cfg.progress_bar:
@@ -418,10 +541,10 @@ class Trainer:
                     sums, n = [a + b for a, b in zip(sums, values)], n + 1
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{values[0]:.3f}", T=f"{values[3]:.3f}")
+                        bar.set_postfix(loss=f"{values[0]:.3f}", T=f"{values[-1]:.3f}")
                     if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                         self._log_interval(sums, n)
-                        sums, n = [0.0] * 4, 0
+                        sums, n = [0.0] * width, 0
                     stopped = self._should_stop(started_at)
                     if self.step % cfg.save_every == 0 or stopped or self.step == self.total_steps:
                         self.save_state()
@@ -464,6 +587,37 @@ class Trainer:
                      "\n  ".join(sorted(gathered)[:10]))
         else:
             self.log("Unreadable images: none")
+
+
+def resolve_dim(cfg: PretrainConfig, pairs, spec) -> int:
+    """2 or 3 from ``--dim``. ``auto``: 3 when every pair's image is a volume (or DICOM folder) and the
+    target is 3D (a 3D ``-c``, a 3-value ``--image-size``, or CT-RATE without ``-c``); else 2, which
+    keeps the 2D-twin route (random axial slices, export inflated)."""
+    wanted = str(cfg.dim)
+    if wanted not in ("auto", "2", "3"):
+        raise PretrainError(f"--dim must be auto, 2 or 3, got {cfg.dim!r}")
+    flat = [p for p in pairs if not (is_volume(p.image) or p.image.is_dir())]
+    folders = [p for p in pairs if p.image.is_dir()]
+    if wanted == "2":
+        if folders:
+            raise PretrainError(f"{folders[0].image} is a DICOM folder: DICOM series are read in 3D only (--dim 3)")
+        return 2
+    if wanted == "3":
+        if flat:
+            raise PretrainError(f"--dim 3 needs volumes, but {flat[0].id} points to the 2D image {flat[0].image}; "
+                                "remove 2D rows from the manifest or pre-train in 2D (--dim 2)")
+        return 3
+    if flat or not pairs:
+        if folders:
+            raise PretrainError(f"the data mix 2D images and DICOM folders ({folders[0].image}); pre-train the "
+                                "volumes in 3D (--dim 3) without the 2D rows")
+        return 2
+    if cfg.configuration:
+        cm, _ = load_configuration(cfg.dataset, cfg.configuration, cfg.plans)
+        return 3 if len(cm.patch_size) == 3 else 2
+    if cfg.image_size and len(cfg.image_size) == 3:
+        return 3
+    return 3 if cfg.data == "ct-rate" or folders else 2
 
 
 def resolve_output(cfg: PretrainConfig, spec) -> Path:

@@ -35,7 +35,9 @@ def code_version() -> str:
 def target_encoder(encoder_2d: dict, target: dict) -> tuple[dict | None, dict]:
     """(``encoder_3d`` entry or None for a 2D configuration, transfer report) for ``target``.
 
-    Raises ExportError when any key is missing, unexpected or of a shape that cannot be made to fit.
+    ``encoder_2d`` is the pre-trained entry: 2D (inflated here) or native 3D (loaded as is, only the
+    stem adapted when the dataset has several channels). Raises ExportError when any key is missing,
+    unexpected or of a shape that cannot be made to fit.
     """
     from nnunet_mosmos.encoders import build_plain_network
     from pretrain.plans import load_configuration
@@ -64,7 +66,7 @@ def build_payload(trainer) -> dict:
     """The checkpoint dict for a trainer that has finished (see nnunet_mosmos.checkpoint)."""
     model, spec, cfg = trainer.model, trainer.spec, trainer.cfg
     encoder = {"arch_class_name": spec.arch_class_name, "arch_kwargs": copy.deepcopy(spec.arch_kwargs),
-               "arch_kwargs_req_import": list(spec.arch_kwargs_req_import), "input_channels": 1, "dim": 2,
+               "arch_kwargs_req_import": list(spec.arch_kwargs_req_import), "input_channels": 1, "dim": spec.dim,
                "state_dict": _cpu(model.encoder.state_dict())}
     nnunet = None
     encoder_3d = None
@@ -81,14 +83,18 @@ def build_payload(trainer) -> dict:
         "prompt_context": model.prompt.ctx.detach().to("cpu").float().clone(),
         "text_encoder": {"name_or_path": portable_reference(model.text.name_or_path), "dim": int(model.text.dim), "trained": False},
         "vocabulary": list(model.tag_names),
-        "preprocessing": {"channels": 1, "normalization": "zscore-per-image", "image_size": list(spec.image_size)},
+        "preprocessing": preprocessing(spec),
         "provenance": {
             "data": trainer.source.description,
             "pairs": {"train": len(trainer.train_set), "val": len(trainer.val_set),
                       "skipped": dict(trainer.source.skipped.counts), "unreadable": len(trainer.unreadable)},
             "steps": trainer.step, "epochs": round(trainer.step / trainer.steps_per_epoch, 3),
             "history": trainer.history, "val_history": trainer.val_history,
-            "loss_weights": {"contrastive": cfg.contrastive_weight, "tag": trainer.tag_weight},
+            "loss_weights": {"contrastive": cfg.contrastive_weight, "tag": trainer.tag_weight,
+                             **({"organ": cfg.organ_weight} if "organ-grounded" in cfg.objectives else {}),
+                             **({"negative_free": cfg.negative_free_weight} if "negative-free" in cfg.objectives
+                                else {})},
+            "objectives": list(cfg.objectives),
             "optimizer": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "warmup_steps": trainer.warmup,
                           "batch_size": cfg.batch_size, "world_size": trainer.rt.world},
             "seed": cfg.seed, "code_version": code_version(), "command": cfg.command,
@@ -97,7 +103,20 @@ def build_payload(trainer) -> dict:
         "projections": {"image": _cpu(model.image_proj.state_dict()), "text": _cpu(model.text_proj.state_dict()),
                         "temperature": float(1.0 / model.scale().detach()), "embed_dim": int(model.embed_dim)},
     }
+    if "organ-grounded" in cfg.objectives:
+        payload["projections"]["organ"] = _cpu(model.organ_proj.state_dict())
     return payload
+
+
+def preprocessing(spec) -> dict:
+    """How images were prepared, so fine-tuning and zero-shot use can check or repeat it."""
+    if spec.dim == 2:
+        return {"channels": 1, "dim": 2, "normalization": "zscore-per-image", "image_size": list(spec.image_size)}
+    norm = spec.normalization or {}
+    return {"channels": 1, "dim": 3, "image_size": list(spec.image_size),
+            "spacing": list(spec.spacing) if spec.spacing else None,
+            "normalization": norm.get("scheme", "ZScoreNormalization"),
+            "intensity_properties": norm.get("intensity_properties")}
 
 
 __all__ = ["ExportError", "build_payload", "code_version", "target_encoder"]

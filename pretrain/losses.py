@@ -42,17 +42,44 @@ class ContrastiveLoss(nn.Module):
         return (F.cross_entropy(per_image, labels) + F.cross_entropy(per_text, labels)) / 2
 
 
-class PretrainLoss(nn.Module):
-    """``contrastive_weight * InfoNCE + tag_weight * ASL``; returns all three for logging."""
+#: the loss terms in logging order (history, progress.png); absent objectives log 0
+TERMS = ("contrastive", "tag", "organ", "negative_free")
 
-    def __init__(self, contrastive_weight: float = 1.0, tag_weight: float = 1.0):
+
+class PretrainLoss(nn.Module):
+    """``contrastive_weight * InfoNCE + tag_weight * ASL`` (MOSMOS), plus, when their outputs are
+    present, ``organ_weight * organ-grounded InfoNCE`` and ``negative_free_weight * Barlow Twins``
+    (pretrain/objectives.py). With a second view, InfoNCE is the mean over both views (GTGM
+    contrasts each view with the text). Returns the total and every term for logging."""
+
+    def __init__(self, contrastive_weight: float = 1.0, tag_weight: float = 1.0, organ_weight: float = 1.0,
+                 negative_free_weight: float = 0.01):
         super().__init__()
+        from pretrain.objectives import BarlowTwinsLoss, OrganGroundedLoss
+
         self.contrastive_weight, self.tag_weight = contrastive_weight, tag_weight
+        self.organ_weight, self.negative_free_weight = organ_weight, negative_free_weight
         self.contrastive = ContrastiveLoss()
         self.tag = AsymmetricLoss()
+        self.organ = OrganGroundedLoss()
+        self.barlow = BarlowTwinsLoss()
 
     def forward(self, out: dict, tags: torch.Tensor) -> dict:
         contrastive = self.contrastive(out["image"], out["text"], out["logit_scale"])
+        if "image2" in out:
+            contrastive = (contrastive + self.contrastive(out["image2"], out["text"], out["logit_scale"])) / 2
         tag = self.tag(out["tag_logits"], tags)
         loss = self.contrastive_weight * contrastive + self.tag_weight * tag
-        return {"loss": loss, "contrastive": contrastive.detach(), "tag": tag.detach()}
+        terms = {"contrastive": contrastive.detach(), "tag": tag.detach()}
+        zero = contrastive.detach() * 0
+        terms["organ"] = terms["negative_free"] = zero
+        if "organ" in out:
+            organ = self.organ(out["organ"], out["organ_text"], out["organ_negatives"], out["organ_texts"],
+                               out["logit_scale"])
+            loss = loss + self.organ_weight * organ
+            terms["organ"] = organ.detach()
+        if "view1" in out:
+            barlow = self.barlow(out["view1"], out["view2"])
+            loss = loss + self.negative_free_weight * barlow
+            terms["negative_free"] = barlow.detach()
+        return {"loss": loss, **terms}

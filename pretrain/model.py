@@ -9,6 +9,11 @@ chosen by ``stage_for_stride(strides, 16)`` (the trainer's default ``tag_branch_
 
 The text encoder is frozen (MOSMOS keeps the report encoder fixed; only the prompt context and
 the projection learn on the text side), so its weights never enter ``trainable_state_dict``.
+
+The encoder is 2D or 3D as the spec says (native 3D pre-training of a ``3d_fullres`` encoder).
+Heads of the optional objectives (``pretrain/objectives.py``) exist only when asked for:
+``organ_proj`` (organ-grounded) and ``view_proj`` (negative-free), so a MOSMOS-only run keeps
+exactly its old parameters and ``last.pt`` files.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from torch import nn
 from nnunet_mosmos.encoders import stage_for_stride
 from nnunet_mosmos.tag_decoder import TagDecoder
 from nnunet_mosmos.text import PromptContext, TextEncoder
+from pretrain.objectives import masked_stage_means, projector
 
 #: equal to nnUNetTrainerMOSMOS.tag_decoder_kwargs / n_ctx / context_init / tag_branch_stride
 TAG_DECODER_DEFAULTS = dict(d_model=256, num_heads=8, num_layers=2, ffn_dim=1024, dropout=0.1, self_attention=True)
@@ -32,8 +38,8 @@ INIT_TEMPERATURE = 0.07
 MAX_LOGIT_SCALE = 100.0  # temperature never below 0.01 (CLIP's clamp)
 
 
-def build_encoder_2d(spec) -> nn.Module:
-    """The ``.encoder`` of nnU-Net's network for ``spec`` (1 input channel, nnU-Net's init)."""
+def build_encoder(spec) -> nn.Module:
+    """The ``.encoder`` of nnU-Net's network for ``spec`` (2D or 3D, 1 input channel, nnU-Net's init)."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     net = get_network_from_plans(spec.arch_class_name, spec.arch_kwargs, spec.arch_kwargs_req_import, 1, 2,
@@ -45,9 +51,10 @@ class PretrainModel(nn.Module):
     """``forward(images, texts)`` -> normalised image/text features, logit scale, tag logits."""
 
     def __init__(self, spec, text_encoder: TextEncoder, tag_names: list[str], embed_dim: int = EMBED_DIM,
-                 decoder_kwargs: dict | None = None, n_ctx: int = N_CTX, context_init: str | None = CONTEXT_INIT):
+                 decoder_kwargs: dict | None = None, n_ctx: int = N_CTX, context_init: str | None = CONTEXT_INIT,
+                 objectives=("mosmos",)):
         super().__init__()
-        self.encoder = build_encoder_2d(spec)
+        self.encoder = build_encoder(spec)
         channels = list(self.encoder.output_channels)
         self.stage = stage_for_stride(spec.strides, TAG_STRIDE)
         self.text = text_encoder
@@ -59,6 +66,11 @@ class PretrainModel(nn.Module):
         self.text_proj = nn.Linear(text_encoder.dim, embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / INIT_TEMPERATURE)))
         self.embed_dim = embed_dim
+        self.objectives = tuple(objectives)
+        if "organ-grounded" in self.objectives:
+            self.organ_proj = nn.Linear(sum(channels), embed_dim)
+        if "negative-free" in self.objectives:
+            self.view_proj = projector(channels[-1])
 
     def scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
@@ -73,12 +85,31 @@ class PretrainModel(nn.Module):
             feats = self.text.encode(texts)
         return F.normalize(self.text_proj(feats).float(), dim=-1)
 
-    def forward(self, images: torch.Tensor, texts) -> dict:
+    def forward(self, images: torch.Tensor, texts, view2: torch.Tensor | None = None,
+                organs: dict | None = None) -> dict:
+        """``organs``: {"items": [(batch index, label value)], "texts": [str], "negatives": [[str] * K]}
+        from the engine (pretrain/grounding.py); ``view2``: the second view of the negative-free objective."""
         image, skips = self.encode_image(images)
         tag_embeddings = self.prompt(self.text, self.tag_names)
         tags = self.tag_decoder(skips[self.stage], tag_embeddings)
-        return {"image": image, "text": self.encode_text(texts), "logit_scale": self.scale(),
-                "tag_logits": tags.logits}
+        out = {"image": image, "text": self.encode_text(texts), "logit_scale": self.scale(),
+               "tag_logits": tags.logits}
+        if view2 is not None:
+            image2, skips2 = self.encode_image(view2)
+            out["image2"] = image2
+            out["view1"] = self.view_proj(skips[-1].flatten(2).mean(-1))
+            out["view2"] = self.view_proj(skips2[-1].flatten(2).mean(-1))
+        if organs is not None and organs["items"]:
+            pooled = masked_stage_means(skips, organs["mask"], organs["items"])
+            out["organ"] = F.normalize(self.organ_proj(pooled).float(), dim=-1)
+            k = len(organs["negatives"][0]) if organs["negatives"] else 0
+            flat = list(organs["texts"]) + [t for row in organs["negatives"] for t in row]
+            encoded = self.encode_text(flat)
+            m = len(organs["texts"])
+            out["organ_text"] = encoded[:m]
+            out["organ_negatives"] = encoded[m:].reshape(m, k, -1) if k else None
+            out["organ_texts"] = list(organs["texts"])
+        return out
 
     def trainable_state_dict(self) -> dict:
         """Everything except the frozen text encoder (what last.pt stores)."""

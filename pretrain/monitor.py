@@ -90,8 +90,11 @@ def plot_progress(path: Path, history: list[dict], val_history: list[dict]) -> N
 
     fig, axes = plt.subplots(3, 1, figsize=(10, 11), sharex=True)
     steps = [h["step"] for h in history]
-    for key, style in (("loss", "b-"), ("contrastive", "g-"), ("tag", "m-")):
-        axes[0].plot(steps, [h[key] for h in history], style, label=f"train {key}")
+    for key, style in (("loss", "b-"), ("contrastive", "g-"), ("tag", "m-"), ("organ", "y-"),
+                       ("negative_free", "c-")):
+        values = [h.get(key, 0.0) for h in history]
+        if key in ("loss", "contrastive", "tag") or any(values):  # optional objectives only when on
+            axes[0].plot(steps, values, style, label=f"train {key}")
     vsteps = [v["step"] for v in val_history]
     for key, style in (("val_contrastive", "g--"), ("val_tag", "m--")):
         if val_history:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from nnunet_mosmos.encoders import twin_2d_arch_kwargs
 PLAIN_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 REQ_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
 DEFAULT_IMAGE_SIZE = 256
+DEFAULT_PATCH_SIZE_3D = (64, 64, 64)
+ZSCORE = "ZScoreNormalization"
 #: default output, relative to the dataset's preprocessed folder (the fine-tuning trainer looks here)
 OUTPUT_SUBFOLDER = "mosmos_pretrained"
 
@@ -54,35 +57,49 @@ def find_dataset_folder(dataset, env_vars=("nnUNet_preprocessed",)) -> Path:
 
 @dataclass
 class EncoderSpec:
-    """What to build: nnU-Net network class + plans-style kwargs (2D), and where it came from."""
+    """What to build: nnU-Net network class + plans-style kwargs (2D or 3D), and where it came from.
+
+    ``image_size`` is the training input: (H, W) in 2D, the patch (Z, Y, X) in 3D. 3D specs also say
+    how volumes are brought to the encoder: ``spacing`` (None = keep each volume's own) and
+    ``normalization`` (nnU-Net scheme name + the dataset fingerprint's intensity properties).
+    """
     arch_class_name: str
     arch_kwargs: dict
     arch_kwargs_req_import: list
-    image_size: tuple[int, int]
+    image_size: tuple
     target: dict | None = None  # {dataset, plans, configuration, input_channels, plans_file, folder}
+    spacing: tuple | None = None
+    normalization: dict | None = None  # {"scheme": str, "intensity_properties": dict | None}
 
     @property
     def strides(self) -> list:
         return self.arch_kwargs["strides"]
 
+    @property
+    def dim(self) -> int:
+        return 3 if "3d" in str(self.arch_kwargs.get("conv_op", "")).lower() else 2
+
 
 def default_arch_kwargs(image_size) -> dict:
-    """nnU-Net's 2D PlainConvUNet recipe for a square-ish input: 3x3 convs, 2 per stage, features
-    32 doubling up to 512, stride-2 stages until the smallest side is 4 (a 256 input gets 7 stages)."""
+    """nnU-Net's PlainConvUNet recipe for a cube-ish input (2 or 3 sizes): 3x3(x3) convs, 2 per
+    stage, features 32 doubling up to 512 (320 in 3D, nnU-Net's caps), stride-2 stages until the
+    smallest side is 4 (a 256 image gets 7 stages, a 64^3 patch 5)."""
+    dim = len(image_size)
     side = min(image_size)
     n_stages = 1
     while side // 2 ** n_stages >= 4 and n_stages < 8:
         n_stages += 1
+    suffix = f"{dim}d"
     return {
         "n_stages": n_stages,
-        "features_per_stage": [min(32 * 2 ** i, 512) for i in range(n_stages)],
-        "conv_op": "torch.nn.modules.conv.Conv2d",
-        "kernel_sizes": [[3, 3]] * n_stages,
-        "strides": [[1, 1]] + [[2, 2]] * (n_stages - 1),
+        "features_per_stage": [min(32 * 2 ** i, 512 if dim == 2 else 320) for i in range(n_stages)],
+        "conv_op": f"torch.nn.modules.conv.Conv{suffix}",
+        "kernel_sizes": [[3] * dim] * n_stages,
+        "strides": [[1] * dim] + [[2] * dim] * (n_stages - 1),
         "n_conv_per_stage": [2] * n_stages,
         "n_conv_per_stage_decoder": [2] * (n_stages - 1),
         "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{suffix}",
         "norm_op_kwargs": {"eps": 1e-5, "affine": True},
         "dropout_op": None,
         "dropout_op_kwargs": None,
@@ -119,23 +136,71 @@ def load_configuration(dataset, configuration: str, plans: str = "nnUNetPlans"):
 
 
 def encoder_spec(dataset=None, configuration: str | None = None, plans: str = "nnUNetPlans",
-                 image_size=None) -> EncoderSpec:
-    """The 2D encoder to pre-train: the 2D twin of ``configuration`` or the default topology."""
+                 image_size=None, dim: int = 2) -> EncoderSpec:
+    """The encoder to pre-train.
+
+    ``dim=2``: the 2D twin of ``configuration`` (or the default 2D topology). ``dim=3``: the
+    configuration's own 3D encoder, trained on patches of its patch size at its spacing, normalised
+    with its scheme and the dataset fingerprint's intensity properties, i.e. what
+    ``nnUNetv2_train`` feeds it (or the default 3D topology, native spacing, z-score).
+    """
     if configuration and dataset is None:
         raise PlansError("-c/--configuration needs -d/--dataset (the nnU-Net dataset whose plans to use)")
+    if dim not in (2, 3):
+        raise PlansError(f"dim must be 2 or 3, got {dim}")
     if not configuration:
-        size = _pair(image_size or DEFAULT_IMAGE_SIZE)
-        return EncoderSpec(PLAIN_UNET, default_arch_kwargs(size), list(REQ_IMPORT), size)
+        if dim == 2:
+            size = _pair(image_size or DEFAULT_IMAGE_SIZE)
+        else:
+            size = _triple(image_size or DEFAULT_PATCH_SIZE_3D)
+        return EncoderSpec(PLAIN_UNET, default_arch_kwargs(size), list(REQ_IMPORT), size,
+                           normalization={"scheme": ZSCORE, "intensity_properties": None})
     cm, target = load_configuration(dataset, configuration, plans)
-    kwargs = twin_2d_arch_kwargs(cm.network_arch_init_kwargs)
-    size = _pair(image_size or cm.patch_size[-2:])
-    return EncoderSpec(cm.network_arch_class_name, kwargs, list(cm.network_arch_init_kwargs_req_import), size,
-                       target)
+    if dim == 2:
+        kwargs = twin_2d_arch_kwargs(cm.network_arch_init_kwargs)
+        size = _pair(image_size or cm.patch_size[-2:])
+        return EncoderSpec(cm.network_arch_class_name, kwargs, list(cm.network_arch_init_kwargs_req_import), size,
+                           target)
+    if len(cm.patch_size) != 3:
+        raise PlansError(f"configuration {configuration!r} of {target['plans_file']} is 2D; native 3D pre-training "
+                         "needs a 3D one (e.g. -c 3d_fullres), or pre-train in 2D with --dim 2")
+    size = _triple(image_size or cm.patch_size)
+    scheme = cm.normalization_schemes[0] if cm.normalization_schemes else ZSCORE
+    return EncoderSpec(cm.network_arch_class_name, deepcopy(cm.network_arch_init_kwargs),
+                       list(cm.network_arch_init_kwargs_req_import), size, target,
+                       spacing=tuple(float(s) for s in cm.spacing),
+                       normalization={"scheme": scheme,
+                                      "intensity_properties": intensity_properties(target["folder"])})
+
+
+def intensity_properties(folder, channel: int = 0) -> dict | None:
+    """Channel ``channel``'s foreground intensity statistics from ``dataset_fingerprint.json``
+    (what nnU-Net's CTNormalization clips and scales with), or None when there is no fingerprint."""
+    path = Path(folder) / "dataset_fingerprint.json"
+    if not path.is_file():
+        return None
+    try:
+        props = json.loads(path.read_text(encoding="utf-8"))["foreground_intensity_properties_per_channel"]
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise PlansError(f"{path} is not a readable nnU-Net fingerprint ({e}); re-run "
+                         "`nnUNetv2_plan_and_preprocess`") from None
+    return props.get(str(channel))
 
 
 def default_output(target: dict) -> Path:
     """``$nnUNet_preprocessed/DatasetXXX_Name/mosmos_pretrained/<plans>__<configuration>.pt``."""
     return Path(target["folder"]) / OUTPUT_SUBFOLDER / f"{target['plans']}__{target['configuration']}.pt"
+
+
+def _triple(size) -> tuple[int, int, int]:
+    if isinstance(size, int):
+        return size, size, size
+    size = [int(s) for s in size]
+    if len(size) == 1:
+        return size[0], size[0], size[0]
+    if len(size) != 3:
+        raise PlansError(f"a 3D patch size takes one value (cube) or three (Z Y X), got {size}")
+    return tuple(size)
 
 
 def _pair(size) -> tuple[int, int]:

@@ -178,9 +178,10 @@ def _manifest(path: Path):
 
 def test_manifests(dataset):
     header, rows = _manifest(dataset / "reports_manifest.csv")
-    assert header == ["image", "text"] and len(rows) == 2
-    for image, text in rows:
+    assert header == ["image", "text", "mask"] and len(rows) == 2
+    for image, text, mask in rows:
         assert (dataset / image).is_file() and image.startswith("imagesTr/")
+        assert (dataset / mask).is_file() and mask.startswith("labelsTr/")
         assert text.startswith("EXAMINATION:") and "\n" not in text
 
     cases = json.loads((dataset / "phantom_cases.json").read_text())

@@ -64,10 +64,10 @@ def write_nifti(array: np.ndarray, spacing, origin, path: Path) -> None:
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
-def _write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
+def _write_csv(path: Path, rows: list[tuple[str, ...]], header=("image", "text")) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, quoting=csv.QUOTE_MINIMAL)
-        writer.writerow(["image", "text"])
+        writer.writerow(list(header))
         writer.writerows(rows)
 
 
@@ -158,14 +158,16 @@ def write_dataset(raw_root, dataset_id: int = 901, name: str = "MOSMOSPhantom", 
             phantom, text_rng = make_phantom(seed, index, shape, spacing)
             rows, report = _write_case(tmp, phantom, text_rng, case, split, slices_per_case)
             pairs[split] += rows
-            manifests[split].append((f"images{split}/{case}_0000.nii.gz", " ".join(report.split())))
+            manifests[split].append((f"images{split}/{case}_0000.nii.gz", " ".join(report.split()),
+                                     f"labels{split}/{case}.nii.gz"))
             cases[case] = {"split": "train" if split == "Tr" else "test", **phantom.findings.to_json()}
 
         (tmp / "dataset.json").write_text(
             json.dumps(_dataset_json(name, num_train, seed, shape, spacing), indent=2) + "\n")
         (tmp / "phantom_cases.json").write_text(json.dumps(cases, indent=2) + "\n")
-        _write_csv(tmp / "reports_manifest.csv", manifests["Tr"])
-        _write_csv(tmp / "reports_manifest_test.csv", manifests["Ts"])
+        # the label maps stand in for a segmenter's masks (organ-grounded pre-training)
+        _write_csv(tmp / "reports_manifest.csv", manifests["Tr"], ("image", "text", "mask"))
+        _write_csv(tmp / "reports_manifest_test.csv", manifests["Ts"], ("image", "text", "mask"))
         _write_csv(tmp / "pairs2d" / "manifest.csv", pairs["Tr"])
         _write_csv(tmp / "pairs2d" / "manifest_test.csv", pairs["Ts"])
 
