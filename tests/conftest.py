@@ -17,3 +17,16 @@ def tiny_text_encoder(tmp_path_factory) -> Path:
     folder = make_tiny_text_encoder(tmp_path_factory.mktemp("tiny_bert"))
     os.environ["MOSMOS_TEXT_ENCODER"] = str(folder)
     return folder
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread (use with ``pytest.mark.usefixtures("one_thread")``): on a shared 2-core CI
+    box, OpenMP spin-waiting under contention made the same 60 steps take 7 s or 180 s; with one
+    thread the time stays predictable."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,18 +20,10 @@ from nnunet_mosmos.network import MOSMOSNetwork, TagBranchConfig
 from nnunet_mosmos.pretrained import load_pretrained
 from pretrain.cli import main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 BIN = Path(sys.executable).parent
 DATASET = "Dataset902_MOSMOSPhantom3D"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
