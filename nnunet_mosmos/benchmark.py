@@ -1156,12 +1156,16 @@ def main(argv=None) -> int:
         spec = json.loads(Path(args.memory_worker).read_text())
         print(json.dumps(memory_worker(spec), default=_json_default))
         return 0
-    result = run_benchmark(args)
-    text = json.dumps(result, indent=2, default=_json_default)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-    print(text)
+    emit_json(run_benchmark(args), args.output)
     return 0
+
+
+def emit_json(result: dict, path=None) -> None:
+    """The benchmark result as JSON on stdout (the scripts' contract) and, when asked, in ``path``."""
+    text = json.dumps(result, indent=2, default=_json_default)
+    if path:
+        Path(path).write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

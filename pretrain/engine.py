@@ -267,13 +267,8 @@ class Trainer:
 
         _seed_all(cfg.seed)  # identical initial weights on every rank
         text = TextEncoder(cfg.text_encoder).to(rt.device)
-        self.model = PretrainModel(self.spec, text, vocab.names, cfg.embed_dim, cfg.decoder, cfg.n_ctx,
-                                   objectives=cfg.objectives).to(rt.device)
-        self.criterion = PretrainLoss(cfg.contrastive_weight, self.tag_weight, cfg.organ_weight,
-                                      cfg.negative_free_weight)
-        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
+        self.build_training(build_model(self.spec, text, vocab.names, cfg).to(rt.device))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.warmup, self.total_steps))
-        self.scaler = torch.amp.GradScaler("cuda") if rt.amp_dtype == torch.float16 else None
         self.step, self.history, self.val_history, self.unreadable = 0, [], [], set()
         _seed_all(cfg.seed + rt.rank)  # dropout differs per rank, as it should
         if cfg.resume:
@@ -298,6 +293,16 @@ class Trainer:
                  f"lr {cfg.lr}, weight decay {cfg.weight_decay}, batch {cfg.batch_size} x {rt.world}, loss = "
                  f"{self.criterion_formula()}")
         self.log(f"Output {self.output}; run folder {self.run_dir}")
+
+    def build_training(self, model: PretrainModel) -> None:
+        """Loss, AdamW and grad scaler for ``model`` as the config asks (also used by scripts/bench_pretrain.py,
+        so the benchmark times exactly this step)."""
+        cfg = self.cfg
+        self.model = model
+        self.criterion = PretrainLoss(cfg.contrastive_weight, cfg.tag_weight, cfg.organ_weight,
+                                      cfg.negative_free_weight)
+        self.optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda") if self.rt.amp_dtype == torch.float16 else None
 
     def criterion_formula(self) -> str:
         cfg = self.cfg
@@ -587,6 +592,11 @@ class Trainer:
                      "\n  ".join(sorted(gathered)[:10]))
         else:
             self.log("Unreadable images: none")
+
+
+def build_model(spec, text: TextEncoder, tag_names: list[str], cfg: PretrainConfig) -> PretrainModel:
+    """The PretrainModel a run of ``cfg`` trains (encoder of ``spec``, heads of ``cfg.objectives``)."""
+    return PretrainModel(spec, text, tag_names, cfg.embed_dim, cfg.decoder, cfg.n_ctx, objectives=cfg.objectives)
 
 
 def resolve_dim(cfg: PretrainConfig, pairs, spec) -> int:
