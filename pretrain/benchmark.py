@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import copy
 import datetime as _dt
-import json
 import os
 import statistics
 import sys
