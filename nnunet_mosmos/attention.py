@@ -169,17 +169,12 @@ def pretrained_maps(checkpoint: str | Path, image_files: list[str], output_folde
     """
     import SimpleITK as sitk
 
-    from nnunet_mosmos.checkpoint import build_encoder, load_mosmos_checkpoint
-    from nnunet_mosmos.tag_decoder import TagDecoder
+    from nnunet_mosmos.checkpoint import load_mosmos_checkpoint, recognition_modules
     from nnunet_mosmos.text import TextEncoder
 
     ckpt = load_mosmos_checkpoint(checkpoint)
     dev = torch.device(device)
-    encoder = build_encoder(ckpt["encoder"])
-    encoder.load_state_dict(ckpt["encoder"]["state_dict"])
-    decoder = TagDecoder(**ckpt["tag_decoder"]["config"])
-    decoder.load_state_dict(ckpt["tag_decoder"]["state_dict"])
-    encoder, decoder = encoder.to(dev).eval(), decoder.to(dev).eval()
+    encoder, decoder = recognition_modules(ckpt, dev)
     text = TextEncoder(text_encoder or ckpt["text_encoder"]["name_or_path"]).to(dev)
     tags = list(ckpt["vocabulary"])
     queries = text.encode_prompts(ckpt["prompt_context"].to(dev), tags)

@@ -214,6 +214,18 @@ def build_encoder(entry: dict, num_output_channels: int = 2) -> nn.Module:
     return net.encoder
 
 
+def recognition_modules(ckpt: dict, device="cpu") -> tuple[nn.Module, nn.Module]:
+    """The pre-trained ``encoder`` and tag decoder of a (validated) checkpoint, weights loaded, in eval
+    mode on ``device``: what tag recognition needs (mosmos-attention --checkpoint, mosmos-zeroshot)."""
+    from nnunet_mosmos.tag_decoder import TagDecoder
+
+    encoder = build_encoder(ckpt["encoder"])
+    encoder.load_state_dict(ckpt["encoder"]["state_dict"])
+    decoder = TagDecoder(**ckpt["tag_decoder"]["config"])
+    decoder.load_state_dict(ckpt["tag_decoder"]["state_dict"])
+    return encoder.to(device).eval(), decoder.to(device).eval()
+
+
 # --------------------------------------------------------------------------- describing
 def _topology(entry: dict) -> str:
     kw = entry["arch_kwargs"]

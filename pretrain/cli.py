@@ -21,7 +21,7 @@ EXAMPLES = """examples:
   # CT-RATE (dataset/ + radiology_text_reports/), organ-grounded objective with TotalSegmentator masks
   mosmos-pretrain --data ct-rate --ct-rate-root /data/CT-RATE -d 3 -c 3d_fullres
   mosmos-pretrain --data manifest --manifest ct_with_masks.csv -d 3 -c 3d_fullres --objective organ-grounded \
-      --label-names class_map.json --label-names-key total
+      --label-names class_map.json --label-map-key total
   # images without reports: two views + Barlow Twins, text generated from the masks (or your generator)
   mosmos-pretrain --data manifest --manifest unreported.csv -d 3 -c 3d_fullres --objective negative-free
   # 8 GPUs
@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--negative-free-weight", type=float, default=0.01,
                    help="weight of the Barlow-Twins loss (default: 0.01, GTGM's)")
     o.add_argument("--label-names", help="names of the masks' label values: nnU-Net dataset.json, a {value: name} "
-                   "JSON or TotalSegmentator's class map (with --label-names-key); default: -d's dataset.json")
-    o.add_argument("--label-names-key", help="which map of a --label-names file holding several (e.g. total, total_mr)")
+                   "JSON or TotalSegmentator's class map (with --label-map-key); default: -d's dataset.json")
+    o.add_argument("--label-map-key", help="which map of a --label-names file holding several (e.g. total, total_mr)")
     o.add_argument("--abnormality-dictionary", help="JSON of normal/abnormal phrases per organ (default: the shipped "
                    "nnunet_mosmos/data/abnormality_dictionary.json; copy and edit it)")
     o.add_argument("--negatives-per-organ", type=int, default=2,
@@ -147,7 +147,7 @@ def config_from_args(args, argv) -> "PretrainConfig":  # noqa: F821
         progress_bar=not args.no_progress_bar, ct_rate_root=args.ct_rate_root, dim=args.dim,
         objectives=["mosmos"] + [o for o in dict.fromkeys(args.objective or []) if o != "mosmos"],
         organ_weight=args.organ_weight, negative_free_weight=args.negative_free_weight, label_names=args.label_names,
-        label_names_key=args.label_names_key, abnormality_dictionary=args.abnormality_dictionary,
+        label_map_key=args.label_map_key, abnormality_dictionary=args.abnormality_dictionary,
         negatives_per_organ=args.negatives_per_organ, text_generator=args.text_generator,
         command="mosmos-pretrain " + " ".join(shlex.quote(a) for a in argv))
 

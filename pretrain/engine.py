@@ -31,7 +31,8 @@ from nnunet_mosmos.checkpoint import atomic_torch_save, save_mosmos_checkpoint
 from nnunet_mosmos.tags import TagVocabulary
 from nnunet_mosmos.text import TextEncoder
 from pretrain.datasets import PairDataset, collate_pairs, describe_source, is_volume, load_pairs, split_pairs
-from pretrain.grounding import OrganGrounding, read_label_names
+from pretrain.grounding import OrganGrounding
+from pretrain.label_names import LabelNamesError, load_label_names
 from pretrain.losses import TERMS, PretrainLoss
 from pretrain.monitor import RunLog, evaluate, plot_progress
 from pretrain.model import PretrainModel
@@ -90,7 +91,7 @@ class PretrainConfig:
     organ_weight: float = 1.0
     negative_free_weight: float = 0.01
     label_names: str | None = None
-    label_names_key: str | None = None
+    label_map_key: str | None = None
     abnormality_dictionary: str | None = None
     negatives_per_organ: int = 2
     text_generator: str | None = None
@@ -314,9 +315,15 @@ class Trainer:
         return " + ".join(terms)
 
     def _label_names(self) -> dict:
+        try:
+            return self._find_label_names()
+        except LabelNamesError as e:
+            raise PretrainError(str(e)) from None
+
+    def _find_label_names(self) -> dict:
         cfg = self.cfg
         if cfg.label_names:
-            return read_label_names(cfg.label_names, cfg.label_names_key)
+            return load_label_names(cfg.label_names, cfg.label_map_key)
         for var in ("nnUNet_raw", "nnUNet_preprocessed"):
             if cfg.dataset is None:
                 break
@@ -325,10 +332,10 @@ class Trainer:
             except PlansError:
                 continue
             if (folder / "dataset.json").is_file():
-                return read_label_names(folder / "dataset.json")
+                return load_label_names(folder / "dataset.json")
         raise PretrainError("--objective organ-grounded needs the names of the mask's label values: pass "
                             "--label-names (nnU-Net dataset.json, a {value: name} JSON, or TotalSegmentator's class "
-                            "map with --label-names-key total) or -d of a dataset whose dataset.json names them")
+                            "map with --label-map-key total) or -d of a dataset whose dataset.json names them")
 
     def _grounding(self, train, vocab):
         from nnunet_mosmos.reports import AbnormalityDictionary

@@ -11,45 +11,15 @@ global losses only.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from nnunet_mosmos.tags import TagVocabulary, label_to_tag
-from pretrain.datasets import PairDataError, SkipReport
+from pretrain.datasets import SkipReport
 from pretrain.objectives import MIN_ORGAN_VOXELS
 
 NO_SENTENCE = "organ-grounded: report with no sentence naming an organ of the tag vocabulary"
 NO_MASK = "organ-grounded: pair without a mask"
-
-
-def read_label_names(source, key: str | None = None) -> dict[int, str]:
-    """Label value -> class name from nnU-Net's dataset.json (``labels: {name: value}``), a plain
-    ``{value: name}`` map, or a file holding several maps (TotalSegmentator's class map) with ``key``."""
-    path = Path(source)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise PairDataError(f"--label-names {path}: not a readable JSON file ({e})") from None
-    if key is not None:
-        if key not in data:
-            raise PairDataError(f"--label-names {path}: no map {key!r}; keys: {sorted(data)[:10]}")
-        data = data[key]
-    if isinstance(data, dict) and isinstance(data.get("labels"), dict):  # nnU-Net dataset.json
-        out = {}
-        for name, value in data["labels"].items():
-            if isinstance(value, (list, tuple)):
-                raise PairDataError(f"{path}: region-based label {name!r} cannot name a mask value; give a "
-                                    "{value: name} map with --label-names")
-            out[int(value)] = str(name)
-        return {v: n for v, n in out.items() if v != 0}
-    try:
-        return {int(v): str(n) for v, n in data.items() if int(v) != 0}
-    except (AttributeError, TypeError, ValueError):
-        raise PairDataError(f"--label-names {path}: expected nnU-Net's dataset.json or a {{value: name}} map"
-                            + ("" if key else "; for a file with several maps pass --label-names-key")) from None
 
 
 class OrganGrounding:
@@ -98,4 +68,4 @@ class OrganGrounding:
         return {"items": items, "texts": texts, "negatives": negatives, "mask": masks}
 
 
-__all__ = ["NO_MASK", "NO_SENTENCE", "OrganGrounding", "read_label_names"]
+__all__ = ["NO_MASK", "NO_SENTENCE", "OrganGrounding"]

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_mosmos.tags import label_to_prompt
+from pretrain.label_names import LabelNamesError, load_label_names, parse_label_names, read_json  # noqa: F401
 
 METHODS = ("tag-decoder", "contrastive")
 DEFAULT_TEMPLATE = "a {modality} image showing the {organ}"
@@ -61,58 +62,6 @@ class Organ:
 
     def __post_init__(self):
         self.prompt = self.prompt or label_to_prompt(self.name)
-
-
-def _read_json(path) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ZeroShotError(f"label names file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ZeroShotError(f"label names file {path} is not readable JSON: {e}") from None
-
-
-def parse_label_names(data: dict, source: str = "label names", key: str | None = None) -> dict[int, str]:
-    """``{id: name}`` (background dropped) from any of the three usual spellings.
-
-    * ``{"1": "spleen", ...}`` -- plain id -> name;
-    * nnU-Net ``dataset.json`` -- ``{"labels": {"background": 0, "spleen": 1}}`` (name -> id);
-    * TotalSegmentator's class map -- ``{"total": {...}, "total_mr": {...}}``, pick one with ``key``.
-    """
-    if key is not None:
-        if not isinstance(data, dict) or key not in data:
-            keys = sorted(data) if isinstance(data, dict) else []
-            raise ZeroShotError(f"{source} has no key {key!r}; keys: {keys}")
-        data = data[key]
-    elif isinstance(data, dict) and "labels" in data:
-        labels = data["labels"]
-        if not isinstance(labels, dict) or any(isinstance(v, list) for v in labels.values()):
-            raise ZeroShotError(f"{source}: 'labels' must map name -> int id (region-based labels are not "
-                                "supported: presence of a region is not one label value)")
-        data = {str(v): k for k, v in labels.items()}
-    elif isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
-        raise ZeroShotError(f"{source} holds several label maps ({sorted(data)}); pick one with "
-                            "--label-map-key (e.g. total or total_mr for TotalSegmentator's class map)")
-    if not isinstance(data, dict) or not data:
-        raise ZeroShotError(f"{source} must be a JSON object: {{\"1\": \"spleen\", ...}}, a dataset.json "
-                            "with 'labels', or a class map with --label-map-key")
-    names = {}
-    for k, v in data.items():
-        try:
-            label = int(k)
-        except (TypeError, ValueError):
-            raise ZeroShotError(f"{source}: key {k!r} is not an integer label id") from None
-        if not isinstance(v, str) or not v.strip():
-            raise ZeroShotError(f"{source}: label {k} must have a non-empty name, got {v!r}")
-        if label != 0 and v.lower() != "background":
-            names[label] = v.strip()
-    if not names:
-        raise ZeroShotError(f"{source} names no foreground label")
-    return dict(sorted(names.items()))
-
-
-def load_label_names(path, key: str | None = None) -> dict[int, str]:
-    return parse_label_names(_read_json(path), str(path), key)
 
 
 def select_organs(names: dict[int, str], only: list[str] | None = None,
@@ -172,7 +121,7 @@ def dataset_cases(dataset, split: str = "Ts") -> tuple[list[Case], dict[int, str
         folder = find_dataset_folder(dataset, ("nnUNet_raw",))
     except PlansError as e:
         raise ZeroShotError(str(e)) from None
-    info = _read_json(folder / "dataset.json")
+    info = read_json(folder / "dataset.json")
     if not (folder / f"labels{split}").is_dir():
         raise ZeroShotError(f"{folder} has no labels{split}/ folder; zero-shot evaluation needs label maps "
                             f"(mosmos-synthetic writes labelsTs/ when --num-test > 0)")
@@ -209,19 +158,13 @@ class ZeroShotModel:
     """The pre-training model's parts, rebuilt from a checkpoint for scoring (eval mode, no grads)."""
 
     def __init__(self, ckpt: dict, text_encoder: str | None = None, device: str = "cpu"):
-        from nnunet_mosmos.checkpoint import build_encoder
-        from nnunet_mosmos.tag_decoder import TagDecoder
+        from nnunet_mosmos.checkpoint import recognition_modules
         from nnunet_mosmos.text import TextEncoder
 
         self.ckpt, self.device, self.source = ckpt, torch.device(device), None
         self.dim = int(ckpt["encoder"]["dim"])
-        self.encoder = build_encoder(ckpt["encoder"])
-        self.encoder.load_state_dict(ckpt["encoder"]["state_dict"])
-        self.decoder = TagDecoder(**ckpt["tag_decoder"]["config"])
-        self.decoder.load_state_dict(ckpt["tag_decoder"]["state_dict"])
+        self.encoder, self.decoder = recognition_modules(ckpt, self.device)
         self.stage = int(ckpt["tag_decoder"]["stage"])
-        self.encoder.to(self.device).eval()
-        self.decoder.to(self.device).eval()
         self.text = TextEncoder(text_encoder or ckpt["text_encoder"]["name_or_path"]).to(self.device)
         self.context = ckpt["prompt_context"].to(self.device)
         self.vocabulary = list(ckpt["vocabulary"])

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_mosmos.tags import TagVocabulary
-from pretrain.datasets import Pair, PairDataError
-from pretrain.grounding import NO_MASK, NO_SENTENCE, OrganGrounding, read_label_names
+from pretrain.datasets import Pair
+from pretrain.grounding import NO_MASK, NO_SENTENCE, OrganGrounding
+from pretrain.label_names import LabelNamesError, load_label_names
 from pretrain.losses import PretrainLoss
 from pretrain.objectives import BarlowTwinsLoss, OrganGroundedLoss, masked_stage_means
 
@@ -81,17 +82,17 @@ def test_pretrain_loss_adds_the_optional_terms_only_when_their_outputs_exist():
 def test_label_names_from_nnunet_dataset_json_plain_map_and_totalsegmentator_class_map(tmp_path):
     ds = tmp_path / "dataset.json"
     ds.write_text(json.dumps({"labels": {"background": 0, "liver": 1, "kidney_left": 4}}))
-    assert read_label_names(ds) == {1: "liver", 4: "kidney_left"}
+    assert load_label_names(ds) == {1: "liver", 4: "kidney_left"}
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps({"0": "background", "2": "spleen"}))
-    assert read_label_names(plain) == {2: "spleen"}
+    assert load_label_names(plain) == {2: "spleen"}
     multi = tmp_path / "class_map.json"
     multi.write_text(json.dumps({"total": {"1": "spleen"}, "total_mr": {"1": "spleen", "2": "kidney_right"}}))
-    assert read_label_names(multi, "total_mr") == {1: "spleen", 2: "kidney_right"}
-    with pytest.raises(PairDataError, match="--label-names-key"):
-        read_label_names(multi)
-    with pytest.raises(PairDataError, match="no map 'totl'"):
-        read_label_names(multi, "totl")
+    assert load_label_names(multi, "total_mr") == {1: "spleen", 2: "kidney_right"}
+    with pytest.raises(LabelNamesError, match="--label-map-key"):
+        load_label_names(multi)
+    with pytest.raises(LabelNamesError, match="no key 'totl'"):
+        load_label_names(multi, "totl")
 
 
 class _Dictionary:
