@@ -1,0 +1,103 @@
+"""Trainers of the benefit study (``scripts/bench_benefit.py``): equal budget, seeded, plain vs MOSMOS.
+
+The study compares arms at a *fixed iteration budget* chosen per study run (a handful of
+iterations for the CI test, a few hundred for the documented run). ``nnUNetv2_train`` has no
+option for the schedule or the seed, and a trainer class is all it lets us choose, so these
+trainers read them from the environment, which the study sets per run:
+
+* ``MOSMOS_STUDY_EPOCHS``     -> ``num_epochs``
+* ``MOSMOS_STUDY_ITERS``      -> ``num_iterations_per_epoch``
+* ``MOSMOS_STUDY_VAL_ITERS``  -> ``num_val_iterations_per_epoch`` (only the logged pseudo-Dice)
+* ``MOSMOS_STUDY_SEED``       -> seeds ``random``, ``numpy`` and ``torch`` before nnU-Net builds
+  anything, so a seed fixes the initial weights and (with ``nnUNet_n_proc_DA=0``) the batches.
+
+They also skip nnU-Net's final validation (on fold ``all`` it would re-score the training cases;
+the study scores the held-out test set itself).
+
+An unset variable keeps nnU-Net's default. The plain twin subclasses ``nnUNetTrainer`` itself, so
+"plain vs MOSMOS" differs only in what MOSMOS adds, never in the schedule.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_mosmos.training.nnUNetTrainerMOSMOS import nnUNetTrainerMOSMOS
+
+#: environment variable -> nnUNetTrainer attribute it sets
+SCHEDULE_ENV = {"MOSMOS_STUDY_EPOCHS": "num_epochs", "MOSMOS_STUDY_ITERS": "num_iterations_per_epoch",
+                "MOSMOS_STUDY_VAL_ITERS": "num_val_iterations_per_epoch"}
+SEED_ENV = "MOSMOS_STUDY_SEED"
+
+
+def _positive_int(name: str, text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ValueError(f"{name}={text!r} must be an integer >= {minimum}; fix or unset the variable")
+    return value
+
+
+def study_schedule(environ=os.environ) -> dict:
+    """The nnU-Net schedule attributes given by ``MOSMOS_STUDY_*`` (only those that are set)."""
+    return {attr: _positive_int(var, environ[var], 1) for var, attr in SCHEDULE_ENV.items() if environ.get(var)}
+
+
+def study_seed(environ=os.environ) -> int | None:
+    return _positive_int(SEED_ENV, environ[SEED_ENV], 0) if environ.get(SEED_ENV) else None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+class StudyBudgetMixin:
+    """Seed first (network init happens later, in ``initialize``), then apply the schedule last,
+    so it wins over nnU-Net's defaults and over a MOSMOS class ``schedule``."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        seed = study_seed()
+        if seed is not None:
+            seed_everything(seed)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        for attr, value in study_schedule().items():
+            setattr(self, attr, value)
+        self.print_to_log_file(f"benefit study: seed {seed}, schedule {study_schedule()}")
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """Skipped: the study trains on fold ``all`` (validation cases = training cases) and scores
+        the held-out test set itself; nnU-Net's final validation would only cost time."""
+        self.print_to_log_file("benefit study: final validation skipped (fold all; the study evaluates imagesTs)")
+
+
+class nnUNetTrainer_mosmosStudy(StudyBudgetMixin, nnUNetTrainer):
+    """Plain nnU-Net with the study's budget and seed (the baseline arm)."""
+
+
+class nnUNetTrainerMOSMOS_study(StudyBudgetMixin, nnUNetTrainerMOSMOS):
+    """MOSMOS, lambda 0.5 (the default), loads ``$MOSMOS_PRETRAINED`` when the study sets it."""
+
+
+class nnUNetTrainerMOSMOS_study_scratch(nnUNetTrainerMOSMOS_study):
+    use_pretrained = False
+
+
+class nnUNetTrainerMOSMOS_study_lambda0p1(nnUNetTrainerMOSMOS_study):
+    aligning_loss_weight = 0.1
+
+
+class nnUNetTrainerMOSMOS_study_lambda1p0(nnUNetTrainerMOSMOS_study):
+    aligning_loss_weight = 1.0
+
+
+class nnUNetTrainerMOSMOS_study_noAlign(nnUNetTrainerMOSMOS_study):
+    aligning_loss_weight = 0.0
