@@ -292,3 +292,28 @@ def test_real_ct_with_totalsegmentator_labels():
     assert 800 < organs["liver"] < 2500 and 50 < organs["spleen"] < 500  # plausible adult volumes (ml)
     with pytest.raises(GeometryError, match="example_seg_mr.nii.gz"):
         check_pair_geometry(image, SHARED_TS / "example_seg_mr.nii.gz")
+
+
+def test_mosmos_pretrain_on_dicom_folders_says_which_series_it_used(tmp_path, tiny_text_encoder, capsys):
+    """End to end through the CLI: DICOM folders with two series each, default 3D topology."""
+    from nnunet_mosmos.checkpoint import load_mosmos_checkpoint
+    from pretrain.cli import main
+
+    rows = []
+    for i in range(4):
+        folder = tmp_path / f"study{i}"
+        folder.mkdir()
+        write_dicom_series(folder, f"1.2.826.0.1.{i}.1", number=1, slices=3, value=0)    # a scout
+        write_dicom_series(folder, f"1.2.826.0.1.{i}.2", number=2, slices=10, value=50)  # the volume
+        rows.append(f"{folder.name},CT: the liver and the spleen are normal.")
+    (tmp_path / "dicom.csv").write_text("image,text\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "dicom.pt"
+    assert main(["--data", "manifest", "--manifest", str(tmp_path / "dicom.csv"), "--dim", "3", "--image-size",
+                 "8", "8", "8", "--max-steps", "1", "--batch-size", "2", "--val-fraction", "0", "--num-workers", "0",
+                 "--device", "cpu", "--no-progress-bar", "--text-encoder", str(tiny_text_encoder), "-o",
+                 str(out)]) == 0
+    log = capsys.readouterr().out
+    assert f"DICOM folder {tmp_path / 'study0'} holds 2 series: 1.2.826.0.1.0.2 (10 slices, chosen: most slices), " \
+           "1.2.826.0.1.0.1 (3 slices)" in log
+    ckpt = load_mosmos_checkpoint(out)
+    assert ckpt["encoder"]["dim"] == 3 and ckpt["preprocessing"]["spacing"] is None  # default topology: native
