@@ -1,5 +1,6 @@
 """Native 3D volumes for pre-training: reading, geometry checks, nnU-Net normalisation, patch sampling, data set."""
 import json
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,16 @@ def test_read_volume_rescale_and_vector_pixels(tmp_path):
 
 
 def write_dicom_series(folder: Path, uid: str, number: int, slices: int, value: int):
+    """GDCM's DICOM writer switches the process locale to "C" (seen with SimpleITK 2.x), after which
+    Python opens text files as ASCII: restore it, or later tests fail on UTF-8 text."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_series(folder, uid, number, slices, value)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_series(folder: Path, uid: str, number: int, slices: int, value: int):
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()  # otherwise GDCM gives every file its own series UID
     for k in range(slices):
@@ -74,7 +85,9 @@ def write_dicom_series(folder: Path, uid: str, number: int, slices: int, value: 
 
 
 def test_dicom_folder_with_two_series_picks_the_longest(tmp_path):
+    encoding = locale.getpreferredencoding(False)
     write_dicom_series(tmp_path, "1.2.826.0.1.3", number=1, slices=5, value=0)
+    assert locale.getpreferredencoding(False) == encoding  # the helper leaves the locale as it was
     write_dicom_series(tmp_path, "1.2.826.0.1.4", number=2, slices=8, value=100)
     files, note = pick_dicom_series(tmp_path)
     assert len(files) == 8 and all("1.2.826.0.1.4_" in f for f in files)

@@ -406,4 +406,4 @@ def test_measure_script_runs_on_the_sample(tmp_path):
                           "--fp-out", str(fp), "--judgements", str(REPO / "docs" / "tags_roco_judgements.csv")],
                          capture_output=True, text=True, check=True).stdout
     assert "corr-prec" in out and "liver" in out
-    assert all(line.startswith("FP\t") for line in fp.read_text().splitlines())
+    assert all(line.startswith("FP\t") for line in fp.read_text(encoding="utf-8").splitlines())
