@@ -385,8 +385,14 @@ class Trainer:
             normalizer = Normalizer(norm["scheme"], norm["intensity_properties"])
         except ValueError as e:
             raise PretrainError(str(e)) from None
-        names = self._label_names() if any(p.mask is not None for p in train) and (
-            self.grounding is not None or cfg.label_names or cfg.dataset is not None) else None
+        names = None  # label value -> name, for generated text ("liver (1510 mL)") and grounding
+        if any(p.mask is not None for p in train):
+            try:
+                names = self._label_names()
+            except PretrainError:
+                if self.grounding is not None:
+                    raise
+                names = None  # generated text then says "label_5"; only organ grounding needs names
         make = lambda pairs, is_train, views: VolumePairDataset(  # noqa: E731
             pairs, num_tags, PatchSampler(self.spec.image_size, self.spec.spacing, train=is_train), normalizer,
             cfg.seed, two_views=views, label_names=names, text_for_missing=generator, vocabulary=vocab)
