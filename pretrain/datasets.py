@@ -320,7 +320,7 @@ class PairDataset(Dataset):
         if self.two_views:
             sample["view2"] = self.transform(raw, rng)
         context = {"image": str(pair.image), "organs": {}, "modality": None, "spacing": None,
-                   "shape": tuple(raw.shape), "metadata": {}}
+                   "shape": tuple(raw.shape), "metadata": {}} if not pair.text and self.text_for_missing else {}
         sample["text"], sample["tags"] = self.text_and_tags(pair, context)
         return sample
 

@@ -25,7 +25,6 @@ extent with a stride of half a patch.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_mosmos.tags import label_to_prompt
-from pretrain.label_names import LabelNamesError, load_label_names, parse_label_names, read_json  # noqa: F401
+from pretrain.label_names import load_label_names, parse_label_names, read_json  # noqa: F401 (re-exported)
 
 METHODS = ("tag-decoder", "contrastive")
 DEFAULT_TEMPLATE = "a {modality} image showing the {organ}"
