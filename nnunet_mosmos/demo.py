@@ -56,7 +56,8 @@ def _run(cmd: list, env: dict, log) -> None:
     print(f"  done in {time.time() - t0:.0f} s", flush=True)
 
 
-def _bin(name: str) -> str:
+def console_script(name: str) -> str:
+    """The console script ``name`` next to this interpreter (the same environment), else ``name`` (PATH)."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
 
@@ -92,20 +93,20 @@ def main(argv=None) -> int:
     t0 = time.time()
     with open(out / "demo_log.txt", "a") as log:
         print(f"mosmos-demo ({mode}, device {device}); full command output in {log.name}")
-        _run([_bin("mosmos-synthetic"), "-o", out / "raw", "-d", DATASET_ID, "--name", "MOSMOSDemo",
+        _run([console_script("mosmos-synthetic"), "-o", out / "raw", "-d", DATASET_ID, "--name", "MOSMOSDemo",
               "--num-train", s["train"], "--num-test", s["test"], "--shape", *s["shape"]], env, log)
-        _run([_bin("nnUNetv2_plan_and_preprocess"), "-d", DATASET_ID, "-c", s["config"], "-np", 2,
+        _run([console_script("nnUNetv2_plan_and_preprocess"), "-d", DATASET_ID, "-c", s["config"], "-np", 2,
               "--verify_dataset_integrity"], env, log)
-        _run([_bin("mosmos-pretrain"), "--data", "synthetic", "-d", DATASET_ID, "-c", s["config"],
+        _run([console_script("mosmos-pretrain"), "--data", "synthetic", "-d", DATASET_ID, "-c", s["config"],
               "--max-steps", s["steps"], "--image-size", s["image_size"], "--batch-size", s["batch"],
               "--device", device, "--num-workers", 0], env, log)
-        _run([_bin("nnUNetv2_train"), DATASET_ID, s["config"], 0, "-tr", s["trainer"], "-device", device],
-             env, log)
-        _run([_bin("nnUNetv2_predict"), "-i", raw / "imagesTs", "-o", out / "predictions", "-d", DATASET_ID,
-              "-c", s["config"], "-f", 0, "-tr", s["trainer"], "-device", device], env, log)
-        _run([_bin("nnUNetv2_evaluate_folder"), raw / "labelsTs", out / "predictions",
+        _run([console_script("nnUNetv2_train"), DATASET_ID, s["config"], 0, "-tr", s["trainer"],
+              "-device", device], env, log)
+        _run([console_script("nnUNetv2_predict"), "-i", raw / "imagesTs", "-o", out / "predictions",
+              "-d", DATASET_ID, "-c", s["config"], "-f", 0, "-tr", s["trainer"], "-device", device], env, log)
+        _run([console_script("nnUNetv2_evaluate_folder"), raw / "labelsTs", out / "predictions",
               "-djfile", model / "dataset.json", "-pfile", model / "plans.json"], env, log)
-        _run([_bin("mosmos-attention"), "-m", model, "-i", raw / "imagesTs", "-o", out / "attention",
+        _run([console_script("mosmos-attention"), "-m", model, "-i", raw / "imagesTs", "-o", out / "attention",
               "-device", device], env, log)
 
     labels = {v: k for k, v in json.loads((raw / "dataset.json").read_text())["labels"].items()}

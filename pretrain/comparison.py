@@ -53,7 +53,7 @@ ARMS = (Arm("scratch", None), Arm("mosmos", ()), Arm("mosmos+organ-grounded", ("
 # ------------------------------------------------------------------------------------ data
 def prepare(root: Path, pool: int, test: int, shape, log) -> dict:
     """Synthetic dataset + nnU-Net plans; env for the nnU-Net folders under ``root``."""
-    from nnunet_mosmos.demo import _bin, env_for
+    from nnunet_mosmos.demo import console_script, env_for
     from nnunet_mosmos.synthetic import write_dataset
 
     env = {**os.environ, "nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "pre"),
@@ -64,7 +64,7 @@ def prepare(root: Path, pool: int, test: int, shape, log) -> dict:
                       slices_per_case=1)
     plans = root / "pre" / DATASET / "nnUNetPlans.json"
     if not plans.is_file():
-        cmd = [_bin("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "2",
+        cmd = [console_script("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "2",
                "--no_pp"]
         log(f"$ {shlex.join(cmd)}")
         subprocess.run(cmd, env=env_for(cmd[0], env), check=True, capture_output=True)

@@ -4,10 +4,14 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
+# the harness (benchmarks/) is not installed: APPEND the repo root, so that an installed
+# nnunet_mosmos/pretrain (CI's non-editable install) still wins over the checkout's copies
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
 from tiny_text_encoder import make_tiny_text_encoder  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

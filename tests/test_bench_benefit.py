@@ -1,7 +1,8 @@
-"""The benefit study (scripts/bench_benefit.py, logic in nnunet_mosmos/study.py).
+"""The benefit study (scripts/bench_benefit.py, logic in benchmarks/benefit.py).
 
 Unit tests use fabricated results and a fake command runner (no training); the trainer variants
-are looked up the way nnUNetv2_train does; one `--quick` run goes end to end (slow).
+are looked up the way nnUNetv2_train does (in benchmarks/study_trainers, the folder the study adds to
+nnUNet_extTrainer); one `--quick` run goes end to end (slow).
 """
 import json
 import os
@@ -12,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nnunet_mosmos import study
-from nnunet_mosmos.study import Arm, Runner, StudyConfig, aggregate, markdown_table
-from nnunet_mosmos.training import study_variants
+from benchmarks import benefit as study
+from benchmarks.benefit import Arm, Runner, StudyConfig, aggregate, markdown_table
+from benchmarks.study_trainers import STUDY_TRAINERS_DIR, ext_trainer_value
+from benchmarks.study_trainers import nnunet_mosmos_study_trainers as study_variants
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -169,16 +171,32 @@ def test_cli_rejects_unknown_arm(capsys):
     ("nnUNetTrainerMOSMOS_study_noAlign", 0.0, True, "nnUNetTrainerMOSMOS"),
 ])
 def test_variants_resolve_through_nnunet_class_lookup(name, weight, pretrained, base, monkeypatch):
-    from nnunet_mosmos import ext_trainer_value
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     monkeypatch.setenv("nnUNet_extTrainer", ext_trainer_value(None))
     cls = recursive_find_trainer_class_by_name(name)  # what `nnUNetv2_train ... -tr NAME` calls
-    assert cls.__name__ == name and base in [c.__name__ for c in cls.__mro__]
-    assert issubclass(cls, study_variants.StudyBudgetMixin)
+    mro = [c.__name__ for c in cls.__mro__]
+    assert cls.__name__ == name and base in mro
+    # nnU-Net imports the folder's module as a top-level name: a class of its own, not study_variants'
+    assert cls.__module__ == "nnunet_mosmos_study_trainers" and "StudyBudgetMixin" in mro
     if weight is not None:
         assert cls.aligning_loss_weight == weight and cls.use_pretrained is pretrained
     assert name in {a.trainer for a in study.DEFAULT_ARMS}
+
+
+def test_study_folder_is_appended_after_the_shipped_one_and_the_shim_hides_the_study_trainers(monkeypatch):
+    import nnunet_mosmos
+    import nnunet_mosmos.training
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    assert ext_trainer_value("/mine").split(os.pathsep) == ["/mine", nnunet_mosmos.EXT_DIR, STUDY_TRAINERS_DIR]
+    assert ext_trainer_value(ext_trainer_value(None)) == ext_trainer_value(None)  # appended once
+    assert not [n for n in nnunet_mosmos.training.__all__ if "tudy" in n]
+    monkeypatch.setenv("nnUNet_extTrainer", nnunet_mosmos.ext_trainer_value(None))  # users' value
+    with pytest.raises(RuntimeError, match="Could not find requested nnunet trainer"):
+        recursive_find_trainer_class_by_name("nnUNetTrainerMOSMOS_study")
+    monkeypatch.delenv("nnUNet_extTrainer")
+    assert Runner(StudyConfig(output=Path("x"))).env["nnUNet_extTrainer"] == ext_trainer_value(None)
 
 
 def test_schedule_and_seed_from_environment():

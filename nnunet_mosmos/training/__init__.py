@@ -14,14 +14,6 @@ from nnunet_mosmos.training.variants import (
     nnUNetTrainerMOSMOS_tiny_noAlign,
     nnUNetTrainerMOSMOS_tiny_scratch,
 )
-from nnunet_mosmos.training.study_variants import (
-    nnUNetTrainer_mosmosStudy,
-    nnUNetTrainerMOSMOS_study,
-    nnUNetTrainerMOSMOS_study_lambda0p1,
-    nnUNetTrainerMOSMOS_study_lambda1p0,
-    nnUNetTrainerMOSMOS_study_noAlign,
-    nnUNetTrainerMOSMOS_study_scratch,
-)
 
 __all__ = [
     "nnUNetTrainerMOSMOS",
@@ -37,10 +29,4 @@ __all__ = [
     "nnUNetTrainerMOSMOS_tiny",
     "nnUNetTrainerMOSMOS_tiny_noAlign",
     "nnUNetTrainerMOSMOS_tiny_scratch",
-    "nnUNetTrainer_mosmosStudy",
-    "nnUNetTrainerMOSMOS_study",
-    "nnUNetTrainerMOSMOS_study_lambda0p1",
-    "nnUNetTrainerMOSMOS_study_lambda1p0",
-    "nnUNetTrainerMOSMOS_study_noAlign",
-    "nnUNetTrainerMOSMOS_study_scratch",
 ]

@@ -1,5 +1,9 @@
 """Trainers of the benefit study (``scripts/bench_benefit.py``): equal budget, seeded, plain vs MOSMOS.
 
+Not shipped: this module lives in the ``nnUNet_extTrainer`` folder ``benchmarks/study_trainers/``,
+which the study adds to the variable itself; nnU-Net imports it as the TOP-LEVEL module
+``nnunet_mosmos_study_trainers`` (hence the unique name and the absolute imports).
+
 The study compares arms at a *fixed iteration budget* chosen per study run (a handful of
 iterations for the CI test, a few hundred for the documented run). ``nnUNetv2_train`` has no
 option for the schedule or the seed, and a trainer class is all it lets us choose, so these

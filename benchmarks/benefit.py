@@ -1,7 +1,7 @@
 """The benefit study (issue #6): does report pre-training / the aligning loss help with few labels?
 
 Every arm trains on the SAME few labelled synthetic cases at the SAME iteration budget
-(``nnunet_mosmos.training.study_variants`` reads it from ``MOSMOS_STUDY_*``), once per seed, and
+(the trainers of ``benchmarks/study_trainers/`` read it from ``MOSMOS_STUDY_*``), once per seed, and
 is scored on a held-out test set by nnU-Net's own ``nnUNetv2_evaluate_folder``. Each step is the
 real console command in a subprocess, exactly as in ``mosmos-demo``:
 
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_mosmos import ext_trainer_value
-from nnunet_mosmos.demo import _bin, env_for
+from benchmarks.study_trainers import ext_trainer_value
+from nnunet_mosmos.demo import console_script, env_for
 
 DATASET_ID, DATASET_NAME = 980, "MOSMOSStudy"
 POOL_ID, POOL_NAME = 981, "MOSMOSStudyPool"
@@ -124,7 +124,7 @@ class Runner:
 
     def run(self, cmd: list, log_name: str, extra_env: dict | None = None) -> float:
         cmd = [str(c) for c in cmd]
-        cmd[0] = _bin(cmd[0])
+        cmd[0] = console_script(cmd[0])
         env = env_for(cmd[0], {**self.env, **(extra_env or {})})
         self.logs.mkdir(parents=True, exist_ok=True)
         log_path = self.logs / f"{log_name}.log"
@@ -454,3 +454,9 @@ def main(argv=None) -> int:
         print(f"\nplot: {png}")
     print(f"results: {record_file} ({time.time() - t0:.0f} s)")
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
