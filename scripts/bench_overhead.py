@@ -6,14 +6,14 @@
     python scripts/bench_overhead.py --plans $nnUNet_preprocessed/Dataset001_X/nnUNetPlans.json -c 3d_fullres
     python scripts/bench_overhead.py --device cuda --compile --patch 128 128 128 --batch-size 2
 
-Prints JSON (see docs/benchmarks.md); the logic lives in ``nnunet_mosmos/benchmark.py``.
+Prints JSON (see docs/benchmarks.md); the logic lives in ``benchmarks/overhead.py``.
 """
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnunet_mosmos.benchmark import main  # noqa: E402
+from benchmarks.overhead import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

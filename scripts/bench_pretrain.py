@@ -8,14 +8,14 @@
     python scripts/bench_pretrain.py --dim 3 --image-size 32 64 64   # 3D patches
     python scripts/bench_pretrain.py --device cuda --amp --compile --batch-size 32 64 128
 
-Prints JSON (see docs/benchmarks.md); the logic lives in ``pretrain/benchmark.py``.
+Prints JSON (see docs/benchmarks.md); the logic lives in ``benchmarks/pretrain_throughput.py``.
 """
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pretrain.benchmark import main  # noqa: E402
+from benchmarks.pretrain_throughput import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -210,7 +210,7 @@ def test_schedule_and_seed_from_environment():
 
 
 def _plain_twin_first_weights(tmp_path, monkeypatch, seed: str):
-    from nnunet_mosmos.benchmark import build_trainer, plans_like, plans_like_configuration, workspace_env
+    from benchmarks.common import build_trainer, plans_like, plans_like_configuration, workspace_env
 
     monkeypatch.setenv("MOSMOS_STUDY_SEED", seed)
     monkeypatch.setenv("MOSMOS_STUDY_EPOCHS", "3")

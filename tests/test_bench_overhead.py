@@ -74,14 +74,14 @@ def test_quick_json_shape(quick_result, tiny_text_encoder):
 
 def test_plans_file_and_prototypes_in_process(tiny_text_encoder, tmp_path, monkeypatch):
     """--plans of a preprocessed folder (plans + dataset.json beside it), prototypes, env restored."""
-    from nnunet_mosmos import benchmark
+    from benchmarks import common, overhead, prototypes
 
-    plans, dj = benchmark.plans_like({"2d": benchmark.plans_like_configuration([32, 32], batch_size=2)})
+    plans, dj = common.plans_like({"2d": common.plans_like_configuration([32, 32], batch_size=2)})
     (tmp_path / "nnUNetPlans.json").write_text(json.dumps(plans))
     (tmp_path / "dataset.json").write_text(json.dumps(dj))
     monkeypatch.setenv("nnUNet_results", "/somewhere/else")
     out = tmp_path / "r.json"
-    assert benchmark.main(["--plans", str(tmp_path / "nnUNetPlans.json"), "-c", "2d", "--quick", "--prototypes",
+    assert overhead.main(["--plans", str(tmp_path / "nnUNetPlans.json"), "-c", "2d", "--quick", "--prototypes",
                            "--text-encoder", str(tiny_text_encoder), "-o", str(out)]) == 0
     r = json.loads(out.read_text())
     assert os.environ["nnUNet_results"] == "/somewhere/else"
@@ -89,13 +89,13 @@ def test_plans_file_and_prototypes_in_process(tiny_text_encoder, tmp_path, monke
     _check_pair(c["train_step_s"], "train")
     for key in ("peak_mem_mb", "inference_peak_mem_mb"):
         assert c[key]["ratio"] is None and "not measured" in c[key]["method"]
-    assert set(c["prototypes"]) == set(benchmark.PROTOTYPES)
+    assert set(c["prototypes"]) == set(prototypes.PROTOTYPES)
     for p in c["prototypes"].values():
         assert _positive_finite(p["ratio_vs_plain"]) and _positive_finite(p["inference_ratio_vs_plain"])
 
 
 def test_plans_like_topology():
-    from nnunet_mosmos.benchmark import plans_like_configuration
+    from benchmarks.common import plans_like_configuration
 
     c2 = plans_like_configuration([64, 64])
     assert c2["architecture"]["arch_kwargs"]["strides"] == [[1, 1], [2, 2], [2, 2], [2, 2], [2, 2]]
@@ -104,3 +104,21 @@ def test_plans_like_topology():
     assert c3["architecture"]["arch_kwargs"]["strides"] == [[1, 1, 1], [2, 2, 2], [2, 2, 2], [1, 2, 2]]
     with pytest.raises(ValueError):
         plans_like_configuration([32])
+
+
+def test_harness_imports_public_names_only_and_the_packages_never_import_it():
+    """benchmarks/ is not installed: it may import the packages (public names only, as it does its own
+    siblings'), and nnunet_mosmos/pretrain must never import it."""
+    import ast
+
+    ours = ("benchmarks", "nnunet_mosmos", "pretrain")
+    for f in sorted((REPO / "benchmarks").rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ours:
+                assert not [a.name for a in node.names if a.name.startswith("_")], (f.name, node.module)
+    for pkg in ("nnunet_mosmos", "pretrain"):
+        for f in sorted((REPO / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(f.read_text())):
+                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                assert not [m for m in modules if m.split(".")[0] == "benchmarks"], f

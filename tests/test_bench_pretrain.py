@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nnunet_mosmos.benchmark import plans_like, plans_like_configuration
-from pretrain.benchmark import parse_args
+from benchmarks.common import plans_like, plans_like_configuration
+from benchmarks.pretrain_throughput import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "bench_pretrain.py"

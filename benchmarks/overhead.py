@@ -23,21 +23,21 @@ peak is reported as not measured (``null``).
 
 ``--profile`` adds a per-module breakdown of one MOSMOS and one plain training step
 (``torch.profiler``; backward ops are attributed to the module whose forward created them, through
-the autograd sequence numbers). ``--prototypes`` times design alternatives (defined here, as trainer
-subclasses, never in the shipped trainers) against the same plain baseline.
+the autograd sequence numbers). ``--prototypes`` times design alternatives (trainer subclasses in
+:mod:`benchmarks.prototypes`, never in the shipped trainers) against the same plain baseline. The
+helpers it shares with the other benchmarks (timing, records, plans, workspace) are in
+:mod:`benchmarks.common`.
 
-Run it as ``python scripts/bench_overhead.py [--quick] ...``; see ``docs/benchmarks.md``.
+Run it as ``python scripts/bench_overhead.py [--quick] ...`` (or ``python -m benchmarks.overhead``);
+see ``docs/benchmarks.md``.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import datetime as _dt
-import functools
 import json
-import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -48,230 +48,32 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import (DEFAULT_LABELS, build_trainer, emit_json, interleaved, json_default, machine,
+                               median_ms, plans_like, plans_like_configuration, read_plans, sync,
+                               synthetic_plans, versions, workspace_env)
+from benchmarks.prototypes import PROTOTYPES, prototype_classes
+
 TARGETS = {"train_step_s": 1.10, "inference_s": 1.05, "peak_mem_mb": 1.10}
 PLAIN, MOSMOS = "plain", "mosmos"
-DATASET_ID = 950
-DATASET_NAME = f"Dataset{DATASET_ID:03d}_MOSMOSBench"
-#: the labels of the synthetic phantoms: 7 organs -> 7 tag queries
-DEFAULT_LABELS = {"background": 0, "liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4,
-                  "stomach": 5, "aorta": 6, "gallbladder": 7}
 #: --quick without --plans/--patch: built-in plans-like configurations, no planning needed
 QUICK_PATCHES = {"2d": [32, 32], "3d_fullres": [16, 32, 32]}
-ENV_KEYS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_compile", "MOSMOS_PRETRAINED",
-            "MOSMOS_TEXT_ENCODER")
-
-
-# ---------------------------------------------------------------------------------------- plans
-def plans_like_configuration(patch, batch_size: int = 2, base_features: int = 32, max_features: int | None = None,
-                             n_conv: int = 2, min_feature_map: int = 4, max_stages: int | None = None) -> dict:
-    """An nnU-Net-2.8-style configuration for ``patch`` (PlainConvUNet), without running the planner.
-
-    Topology like nnU-Net's: an axis is pooled while its feature map stays >= ``min_feature_map``
-    after pooling; features double per stage up to 512 (2D) / 320 (3D).
-    """
-    patch = [int(p) for p in patch]
-    dim = len(patch)
-    if dim not in (2, 3):
-        raise ValueError(f"--patch needs 2 or 3 sizes, got {patch}")
-    max_features = max_features or (512 if dim == 2 else 320)
-    max_stages = max_stages or (7 if dim == 2 else 6)
-    strides, size = [[1] * dim], list(patch)
-    while len(strides) < max_stages:
-        s = [2 if sz // 2 >= min_feature_map and sz % 2 == 0 else 1 for sz in size]
-        if max(s) == 1:
-            break
-        strides.append(s)
-        size = [sz // st for sz, st in zip(size, s)]
-    n = len(strides)
-    conv = f"torch.nn.modules.conv.Conv{dim}d"
-    return {
-        "data_identifier": f"nnUNetPlans_{'2d' if dim == 2 else '3d_fullres'}",
-        "preprocessor_name": "DefaultPreprocessor", "batch_size": int(batch_size), "patch_size": patch,
-        "median_image_size_in_voxels": [float(p) for p in patch], "spacing": [1.0] * dim,
-        "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
-        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
-        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-        "architecture": {
-            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-            "arch_kwargs": {
-                "n_stages": n, "features_per_stage": [min(base_features * 2 ** i, max_features) for i in range(n)],
-                "conv_op": conv, "kernel_sizes": [[3] * dim] * n, "strides": strides,
-                "n_conv_per_stage": [n_conv] * n, "n_conv_per_stage_decoder": [n_conv] * (n - 1), "conv_bias": True,
-                "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
-                "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-                "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
-        "batch_dice": dim == 2,
-    }
-
-
-def plans_like(configurations: dict, labels: dict | None = None) -> tuple[dict, dict]:
-    """``(plans, dataset_json)`` holding the given ``{name: configuration}`` (see :func:`plans_like_configuration`)."""
-    dims = {len(c["patch_size"]) for c in configurations.values()}
-    plans = {
-        "dataset_name": DATASET_NAME, "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": [1.0, 1.0, 1.0],
-        "original_median_shape_after_transp": [64, 64, 64], "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "configurations": configurations,
-        "experiment_planner_used": "plans_like (nnunet_mosmos.benchmark)", "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {"0": {
-            "max": 250.0, "mean": 100.0, "median": 100.0, "min": -1000.0, "percentile_00_5": -950.0,
-            "percentile_99_5": 220.0, "std": 100.0}},
-    }
-    assert dims <= {2, 3}
-    labels = labels or DEFAULT_LABELS
-    dataset_json = {"name": "MOSMOSBench", "channel_names": {"0": "CT"}, "labels": dict(labels),
-                    "numTraining": 1, "file_ending": ".nii.gz"}
-    return plans, dataset_json
-
-
-def synthetic_plans(workspace: Path, shape=(32, 64, 64), num_train: int = 4, seed: int = 0) -> tuple[dict, dict]:
-    """Write the synthetic phantoms into the workspace and plan them with nnU-Net's own planner."""
-    import torch
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
-
-    from nnunet_mosmos.synthetic import write_dataset
-
-    write_dataset(workspace / "raw", dataset_id=DATASET_ID, name="MOSMOSBench", num_train=num_train, num_test=0,
-                  seed=seed, shape=tuple(int(s) for s in shape))
-    threads = torch.get_num_threads()
-    try:
-        extract_fingerprints([DATASET_ID], num_processes=1, check_dataset_integrity=False, verbose=False,
-                             show_progress_bar=False)
-        plan_experiments([DATASET_ID])
-    finally:
-        torch.set_num_threads(threads)  # the planner's VRAM estimate changes it
-    pre = workspace / "pre" / DATASET_NAME
-    return json.loads((pre / "nnUNetPlans.json").read_text()), json.loads((pre / "dataset.json").read_text())
-
-
-def read_plans(plans_path: str, dataset_json_path: str | None = None) -> tuple[dict, dict]:
-    """Plans of an existing (preprocessed or model) folder; dataset.json defaults to the one beside it."""
-    plans_path = Path(plans_path)
-    dj = Path(dataset_json_path) if dataset_json_path else plans_path.parent / "dataset.json"
-    if not dj.is_file():
-        raise SystemExit(f"bench_overhead: no dataset.json next to {plans_path}; pass --dataset-json")
-    plans = json.loads(plans_path.read_text())
-    for block in plans["configurations"].values():  # a model folder's plans: start from plain nnU-Net's
-        block.pop("mosmos_tag_branch", None)
-    return plans, json.loads(dj.read_text())
-
-
-# ------------------------------------------------------------------------------------ workspace
-@contextlib.contextmanager
-def workspace_env(root: Path, text_encoder: str | None, compile_: bool, pretrained: str | None):
-    """nnU-Net folders inside ``root``; our variables set for the duration; everything restored after."""
-    saved = {k: os.environ.get(k) for k in ENV_KEYS}
-    os.environ.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
-                      nnUNet_results=str(root / "results"), nnUNet_compile="1" if compile_ else "0")
-    os.environ.pop("MOSMOS_PRETRAINED", None)
-    if pretrained:
-        os.environ["MOSMOS_PRETRAINED"] = str(Path(pretrained).resolve())
-    if text_encoder:
-        os.environ["MOSMOS_TEXT_ENCODER"] = text_encoder
-    try:
-        yield root
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _prepare_dummy_data_folder(plans: dict, configuration: str) -> None:
-    """``initialize`` infers the dataset class from the preprocessed folder's file endings; give it one."""
-    from nnunetv2.paths import nnUNet_preprocessed
-
-    folder = Path(str(nnUNet_preprocessed)) / plans["dataset_name"] / plans["configurations"][configuration].get(
-        "data_identifier", f"nnUNetPlans_{configuration}")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "bench.b2nd").touch()
+#: the checkout holding ``benchmarks/`` (not installed): the memory workers find it through PYTHONPATH
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 # ------------------------------------------------------------------------------ trainer classes
-@functools.lru_cache(maxsize=None)
-def _prototype_classes() -> dict:
-    """Design alternatives measured by ``--prototypes``; subclasses only, the shipped code is untouched."""
-    from nnunet_mosmos.training import nnUNetTrainerMOSMOS
-
-    class BenchMOSMOS_cachedEmbeddings(nnUNetTrainerMOSMOS):
-        """No text-encoder pass per step: the cached tag embeddings (the `_frozenPrompt` variant), and
-        the text encoder released once they are cached (nothing needs it again: the context is fixed)."""
-        train_prompt_context = False
-
-        def initialize(self):
-            super().initialize()
-            self.text_encoder = None  # refresh_tag_embeddings() is a no-op without it
-
-    class BenchMOSMOS_smallTagDecoder(nnUNetTrainerMOSMOS):
-        """One tag-decoder layer, d_model 128, FFN 512."""
-        tag_decoder_kwargs = dict(d_model=128, num_heads=4, num_layers=1, ffn_dim=512, dropout=0.1,
-                                  self_attention=True)
-
-    class BenchMOSMOS_injectLowRes(nnUNetTrainerMOSMOS):
-        """Inject the maps only at the branch stage and the one above it (no full-resolution convs)."""
-
-        @classmethod
-        def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
-                                       num_output_channels, enable_deep_supervision=True):
-            net = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
-                                                     num_output_channels, enable_deep_supervision)
-            _restrict_injection(net, keep=2)
-            return net
-
-    class BenchMOSMOS_lean(BenchMOSMOS_cachedEmbeddings, BenchMOSMOS_injectLowRes):
-        """The three above together."""
-        tag_decoder_kwargs = BenchMOSMOS_smallTagDecoder.tag_decoder_kwargs
-
-    return {c.__name__: c for c in (BenchMOSMOS_cachedEmbeddings, BenchMOSMOS_smallTagDecoder,
-                                    BenchMOSMOS_injectLowRes, BenchMOSMOS_lean)}
-
-
-PROTOTYPES = {"cached_embeddings": "BenchMOSMOS_cachedEmbeddings",
-              "small_tag_decoder": "BenchMOSMOS_smallTagDecoder",
-              "inject_low_res": "BenchMOSMOS_injectLowRes",
-              "lean": "BenchMOSMOS_lean"}
-
-
-def _restrict_injection(net, keep: int) -> None:
-    """Prototype: skip the injection convs of all but the ``keep`` lowest-resolution stages <= branch stage."""
-    import types
-
-    import torch.nn.functional as F
-
-    branch = net.tag_branch
-    first = max(0, branch.config.stage + 1 - keep)
-
-    def inject(self, skips, attention):
-        grid = attention.shape[2:]
-        feed = attention * math.prod(grid)
-        mode = "trilinear" if feed.ndim == 5 else "bilinear"
-        skips = list(skips)
-        for j in range(first, len(self.injections)):
-            size = skips[j].shape[2:]
-            maps = feed if tuple(size) == tuple(grid) else F.interpolate(feed, size=size, mode=mode,
-                                                                          align_corners=False)
-            skips[j] = skips[j] + self.injections[j](maps.to(skips[j].dtype))
-        return skips
-
-    for j in range(first):  # unused convs: frozen, so they get no gradient (optimizer, clipping skip them)
-        branch.injections[j].requires_grad_(False)
-    branch.inject = types.MethodType(inject, branch)
-
-
 def trainer_class(name: str):
-    """A trainer class by name: our prototypes, our trainers, then nnU-Net's own trainer folder."""
-    protos = _prototype_classes()
+    """A trainer class by name: our prototypes, our trainers (shipped, then the benefit study's), then
+    nnU-Net's own trainer folder."""
+    protos = prototype_classes()
     if name in protos:
         return protos[name]
     import nnunet_mosmos.training as ours
+    from benchmarks.study_trainers import nnunet_mosmos_study_trainers as study
 
-    if hasattr(ours, name):
-        return getattr(ours, name)
+    for module in (ours, study):
+        if hasattr(module, name):
+            return getattr(module, name)
     import nnunetv2
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
@@ -280,18 +82,6 @@ def trainer_class(name: str):
     if cls is None:
         raise SystemExit(f"bench_overhead: trainer class {name} not found")
     return cls
-
-
-def build_trainer(cls, plans: dict, configuration: str, dataset_json: dict, device, initialize: bool = True):
-    """A trainer as ``nnUNetv2_train`` builds it (inside the workspace), optionally initialised."""
-    _prepare_dummy_data_folder(plans, configuration)
-    p = deepcopy(plans)
-    p["continue_training"] = False  # nnunetv2 2.8 pops this key in __init__
-    trainer = cls(p, configuration, 0, deepcopy(dataset_json), device)
-    if initialize:
-        trainer.initialize()
-        trainer.network.train()
-    return trainer
 
 
 def _unwrap(net):
@@ -378,33 +168,6 @@ def make_predictor(trainer, device, mirroring: bool, compile_: bool):
 
 
 # ---------------------------------------------------------------------------------------- timing
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(fns: dict, device, warmup: int, repeats: int, steps: int) -> dict:
-    """``{name: {"wall": [...], "cpu": [...]}}`` seconds per call; rounds alternate the order."""
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    _sync(device)
-    runs = {n: {"wall": [], "cpu": []} for n in names}
-    for r in range(repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            _sync(device)
-            w0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(steps):
-                fns[name]()
-            _sync(device)
-            runs[name]["wall"].append((time.perf_counter() - w0) / steps)
-            runs[name]["cpu"].append((time.process_time() - c0) / steps)
-    return runs
-
-
 def _ratio(a, b):
     return float(a) / float(b) if a is not None and b not in (None, 0) else None
 
@@ -581,7 +344,7 @@ def memory_worker(spec: dict) -> dict:
         else:
             with torch.no_grad():
                 predictor.predict_sliding_window_return_logits(image)
-        _sync(device)
+        sync(device)
     if device.type == "cuda":
         return {"peak_mb": (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20,
                 "method": "cuda_max_memory_allocated"}
@@ -602,7 +365,8 @@ def isolated_memory(jobs: list[dict], workdir: Path, parallel: int = 2) -> list[
             # a fixed glibc mmap threshold: large tensors are mapped and unmapped, so the RSS follows the
             # live memory instead of glibc's history-dependent heap (otherwise +-40 MB between runs)
             env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072"))
-            p = subprocess.Popen([sys.executable, "-m", "nnunet_mosmos.benchmark", "--memory-worker", str(path)],
+            env["PYTHONPATH"] = os.pathsep.join(part for part in (env.get("PYTHONPATH"), REPO_ROOT) if part)
+            p = subprocess.Popen([sys.executable, "-m", "benchmarks.overhead", "--memory-worker", str(path)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
             procs.append((i, p))
         i, p = procs.pop(0)
@@ -666,7 +430,7 @@ def profile_train_step(trainer, batch: dict, steps: int = 2) -> dict:
         with profile(activities=acts) as prof:
             for _ in range(steps):
                 trainer.train_step(batch)
-            _sync(device)
+            sync(device)
     finally:
         torch.nn.utils.clip_grad_norm_ = orig_clip
         for h in handles:
@@ -677,19 +441,6 @@ def profile_train_step(trainer, batch: dict, steps: int = 2) -> dict:
             else:
                 del branch.inject  # back to the class method
     return _attribute(prof.events(), steps, device.type == "cuda")
-
-
-def _median_ms(fn, device, repeats: int) -> float:
-    """Median wall time of ``fn`` in milliseconds after one warm-up call (device-synchronised)."""
-    fn()
-    _sync(device)
-    vals = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        vals.append(time.perf_counter() - t0)
-    return round(statistics.median(vals) * 1000, 3)
 
 
 def component_times(trainers: dict, batch: dict, repeats: int = 5) -> dict:
@@ -732,7 +483,7 @@ def component_times(trainers: dict, batch: dict, repeats: int = 5) -> dict:
         mos.aligning_loss(att, logits, seg_target)["loss"].backward()
 
     def timed(fn):
-        return _median_ms(fn, device, repeats)
+        return median_ms(fn, device, repeats)
 
     out = {}
     if mos.train_prompt_context:
@@ -762,7 +513,7 @@ def inference_component_times(predictors: dict, configuration_manager, n_channel
     branch, stage = mos.tag_branch, mos.branch_config.stage
 
     def timed(fn):
-        return _median_ms(fn, device, repeats)
+        return median_ms(fn, device, repeats)
 
     with torch.no_grad():
         skips = mos.encoder(x)
@@ -841,48 +592,6 @@ def _attribute(events, steps: int, cuda: bool) -> dict:
 
 
 # ------------------------------------------------------------------------------------- the run
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    import torch
-
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for pkg in ("nnunetv2", "dynamic-network-architectures", "transformers", "nnunet-mosmos"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def _machine(device) -> dict:
-    import torch
-
-    out = {"platform": platform.platform(), "processor": _cpu_name(), "cpu_count": os.cpu_count(),
-           "torch_threads": torch.get_num_threads()}
-    try:
-        out["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    try:
-        out["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
-    if device.type == "cuda":
-        out["gpu"] = torch.cuda.get_device_name(device)
-    return out
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _targets(result: dict) -> dict:
     out = {}
     for key, limit in TARGETS.items():
@@ -1079,7 +788,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     result = {"benchmark": "bench_overhead", "format_version": 1,
               "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
               "command": " ".join(["scripts/bench_overhead.py"] + list(getattr(args, "argv", None) or [])),
-              "machine": _machine(device), "versions": _versions()}
+              "machine": machine(device), "versions": versions()}
     tmp = tempfile.mkdtemp(prefix="mosmos_bench_")
     root = Path(tmp)
     try:
@@ -1096,7 +805,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 plans, dj = plans_like({c: plans_like_configuration(pt, args.batch_size, args.base_features,
                                                                     args.max_features)
                                         for c, pt in patches.items()}, labels)
-                source = "built-in plans-like configuration (nnunet_mosmos.benchmark.plans_like_configuration)"
+                source = "built-in plans-like configuration (benchmarks.common.plans_like_configuration)"
             else:
                 t0 = time.time()
                 plans, dj = synthetic_plans(root, args.synthetic_shape, args.synthetic_cases)
@@ -1138,34 +847,16 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     return result
 
 
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o))
-
-
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     args.argv = argv
     if args.memory_worker:
         spec = json.loads(Path(args.memory_worker).read_text())
-        print(json.dumps(memory_worker(spec), default=_json_default))
+        print(json.dumps(memory_worker(spec), default=json_default))
         return 0
     emit_json(run_benchmark(args), args.output)
     return 0
-
-
-def emit_json(result: dict, path=None) -> None:
-    """The benchmark result as JSON on stdout (the scripts' contract) and, when asked, in ``path``."""
-    text = json.dumps(result, indent=2, default=_json_default)
-    if path:
-        Path(path).write_text(text + "\n")
-    print(text)
 
 
 if __name__ == "__main__":

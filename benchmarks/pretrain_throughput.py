@@ -16,9 +16,10 @@ Why these three numbers per grid point (batch size x image size):
 Batches are synthetic and generated before timing (random images, captions that name random organs
 of the tag vocabulary, the matching multi-hot tag targets): data loading and augmentation are
 excluded, as in ``scripts/bench_overhead.py``, whose timing helpers (interleaved rounds with
-alternating order, medians, machine/version records) are reused from :mod:`nnunet_mosmos.benchmark`.
+alternating order, medians, machine/version records) are shared through :mod:`benchmarks.common`.
 
-Run it as ``python scripts/bench_pretrain.py [--quick] ...``; results in ``docs/benchmarks.md``.
+Run it as ``python scripts/bench_pretrain.py [--quick] ...`` (or ``python -m benchmarks.pretrain_throughput``);
+results in ``docs/benchmarks.md``.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnunet_mosmos.benchmark import _machine, _median_ms, _sync, _versions, emit_json, interleaved
+from benchmarks.common import emit_json, interleaved, machine, median_ms, sync, versions
 from nnunet_mosmos.tags import TagVocabulary
 from nnunet_mosmos.text import TextEncoder, portable_reference
 from pretrain.engine import (GRAD_CLIP, PretrainConfig, PretrainError, Trainer, build_model, make_optimizer,
@@ -143,12 +144,12 @@ def component_times(trainer: _StepTrainer, ceiling_optimizer, batch: dict, tag_n
     timed = {"image_encoder_fwd_bwd": image_encoder, "report_text_encoder_fwd": report_text,
              "prompt_context_fwd_bwd": prompt_pass, "tag_decoder_fwd_bwd": tag_decoder,
              "losses_fwd_bwd": losses}
-    result = {name: _median_ms(fn, device, repeats) for name, fn in timed.items()}
+    result = {name: median_ms(fn, device, repeats) for name, fn in timed.items()}
     trainer.train_step(batch)  # leaves real gradients in place for the optimizer timings
-    result["clip_grad_full"] = _median_ms(lambda: torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP), device,
+    result["clip_grad_full"] = median_ms(lambda: torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP), device,
                                           repeats)
-    result["optimizer_full"] = _median_ms(trainer.optimizer.step, device, repeats)
-    result["optimizer_encoder_only"] = _median_ms(ceiling_optimizer.step, device, repeats)
+    result["optimizer_full"] = median_ms(trainer.optimizer.step, device, repeats)
+    result["optimizer_encoder_only"] = median_ms(ceiling_optimizer.step, device, repeats)
     trainer.optimizer.zero_grad(set_to_none=True)
     model.zero_grad(set_to_none=True)
     result["sum_full_parts"] = round(sum(result[k] for k in ("image_encoder_fwd_bwd", "report_text_encoder_fwd",
@@ -185,7 +186,7 @@ def bench_point(model: PretrainModel, ceiling_encoder, batch_size: int, image_si
     if rt.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(rt.device)
         trainer.train_step(batch)
-        _sync(rt.device)
+        sync(rt.device)
         point["cuda_peak_mb_full"] = round(torch.cuda.max_memory_allocated(rt.device) / 2 ** 20, 1)
     if not args.no_components:
         parts = component_times(trainer, ceiling_optimizer, batch, tag_names, rt, args.repeats)
@@ -215,7 +216,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     result = {"benchmark": "bench_pretrain", "format_version": 1,
               "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
               "command": " ".join(["scripts/bench_pretrain.py"] + list(args.argv)),
-              "machine": _machine(rt.device), "versions": _versions()}
+              "machine": machine(rt.device), "versions": versions()}
     vocab = TagVocabulary.default()
     torch.manual_seed(args.seed)
     text = TextEncoder(args.text_encoder).to(rt.device)

@@ -20,6 +20,8 @@ the plans), and the whole (small) test volumes are predicted in one pass.
 Fairness note: the organ-grounded arm sees masks at pre-training (as CT-GLIP uses TotalSegmentator
 masks); here they are the phantoms' label maps, i.e. perfect masks. Its advantage, if any, is an
 upper bound of what a silver-standard segmenter would give.
+
+Run it as ``python scripts/compare_objectives.py [--quick] ...`` (or ``python -m benchmarks.objectives``).
 """
 from __future__ import annotations
 
