@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_mosmos.network import PLANS_KEY
+
 
 class AttentionAsLogits(nn.Module):
     """Wraps a MOSMOSNetwork: output channel 0 is zero, channels 1..K the tag maps at input size."""
@@ -30,12 +32,7 @@ class AttentionAsLogits(nn.Module):
         self.net = network
 
     def forward(self, x):
-        net = self.net
-        skips = net.encoder(x)
-        tags = net.tag_branch.decoder(skips[net.branch_config.stage], net.tag_branch.tag_embeddings)
-        maps = tags.attention * math.prod(tags.attention.shape[2:])
-        maps = F.interpolate(maps, size=x.shape[2:], mode="trilinear" if x.ndim == 5 else "bilinear",
-                             align_corners=False)
+        maps = self.net.tag_maps(x)[1]
         return torch.cat([torch.zeros_like(maps[:, :1]), maps], dim=1)
 
 
@@ -123,7 +120,7 @@ def model_folder_maps(model_folder: str | Path, input_files: list[list[str]], ou
     if not hasattr(net, "tag_branch"):
         raise ValueError(f"{model_folder} was not trained with a MOSMOS trainer (its network has no tag "
                          "branch); attention maps need -tr nnUNetTrainerMOSMOS.")
-    cfg = predictor.configuration_manager.configuration["mosmos_tag_branch"]
+    cfg = predictor.configuration_manager.configuration[PLANS_KEY]
     names = cfg["prompts"]
     net.load_state_dict(predictor.list_of_parameters[0])
     predictor.network = AttentionAsLogits(net).eval()
@@ -170,6 +167,7 @@ def pretrained_maps(checkpoint: str | Path, image_files: list[str], output_folde
     import SimpleITK as sitk
 
     from nnunet_mosmos.checkpoint import load_mosmos_checkpoint, recognition_modules
+    from nnunet_mosmos.tag_decoder import rescaled_maps
     from nnunet_mosmos.text import TextEncoder
 
     ckpt = load_mosmos_checkpoint(checkpoint)
@@ -195,9 +193,7 @@ def pretrained_maps(checkpoint: str | Path, image_files: list[str], output_folde
             x = torch.cat([_zscore_resize(s, size) for s in volume[start:start + batch_size]]).to(dev)
             out = decoder(encoder(x)[stage], queries)
             probs.append(torch.sigmoid(out.logits).cpu())
-            m = F.interpolate(out.attention * math.prod(out.attention.shape[2:]), size=volume.shape[1:],
-                              mode="bilinear", align_corners=False)
-            maps.append(m.cpu())
+            maps.append(rescaled_maps(out.attention, volume.shape[1:]).cpu())
         probs, maps = torch.cat(probs), torch.cat(maps).transpose(0, 1).numpy()  # K x z x y x x
         name = Path(file).name.split(".")[0]
         results[name] = {t: round(float(p), 4) for t, p in zip(tags, probs.max(0).values)}

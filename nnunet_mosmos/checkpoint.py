@@ -38,8 +38,35 @@ _HOW_TO_MAKE = ("Make one with `mosmos-pretrain ... -o FILE.pt` (see docs/pretra
                 "inspect a file with `mosmos-inspect FILE.pt`.")
 
 
+#: where fine-tuning looks for a checkpoint: ``$MOSMOS_PRETRAINED`` first, then the conventional file
+#: ``$nnUNet_preprocessed/DatasetXXX/mosmos_pretrained/<plans>__<configuration>.pt`` that
+#: ``mosmos-pretrain -d/-c`` writes by default
+ENV_PRETRAINED = "MOSMOS_PRETRAINED"
+PRETRAINED_SUBFOLDER = "mosmos_pretrained"
+
+
 class CheckpointError(ValueError):
     """A file is not a (valid, fitting) MOSMOS checkpoint; the message names the file and the fix."""
+
+
+def conventional_path(preprocessed_dataset_folder: str | os.PathLike, plans: str, configuration: str) -> Path:
+    """The checkpoint file ``mosmos-pretrain -d -c`` writes by default, and where the trainers look."""
+    return Path(preprocessed_dataset_folder) / PRETRAINED_SUBFOLDER / f"{plans}__{configuration}.pt"
+
+
+def locate_checkpoint(preprocessed_dataset_folder: str | None, plans: str, configuration: str,
+                      environ=os.environ) -> str | None:
+    """``$MOSMOS_PRETRAINED`` (which must exist) > the conventional file (if present) > None."""
+    explicit = environ.get(ENV_PRETRAINED)
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise FileNotFoundError(f"{ENV_PRETRAINED}={explicit} does not exist. Point it at a file "
+                                    "written by `mosmos-pretrain -o FILE.pt`, or unset it.")
+        return explicit
+    if preprocessed_dataset_folder is None:
+        return None
+    conventional = conventional_path(preprocessed_dataset_folder, plans, configuration)
+    return str(conventional) if conventional.is_file() else None
 
 
 # --------------------------------------------------------------------------- writing

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from nnunet_mosmos import ext_trainer_value
+from nnunet_mosmos.checkpoint import PRETRAINED_SUBFOLDER
 
 DATASET_ID = 990
 DATASET = f"Dataset{DATASET_ID}_MOSMOSDemo"
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
         print(f"  {labels[int(key)]:<14s} {metrics['Dice']:.3f}")
     print(f"\nEverything is in {out} ({time.time() - t0:.0f} s):")
     for what, where in (("raw data + reports", raw), ("pre-trained checkpoint",
-                        out / "preprocessed" / DATASET / "mosmos_pretrained"),
+                        out / "preprocessed" / DATASET / PRETRAINED_SUBFOLDER),
                         ("trained model", model), ("predictions + summary.json", out / "predictions"),
                         ("attention maps + figure", out / "attention"), ("command log", out / "demo_log.txt")):
         print(f"  {what:<28s} {where}")

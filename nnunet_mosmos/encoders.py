@@ -32,7 +32,11 @@ def cumulative_strides(strides) -> list[list[int]]:
     return [list(map(int, s)) for s in np.cumprod(np.array(strides, dtype=int), axis=0)]
 
 
-def stage_for_stride(strides, target_stride: int = 16) -> int:
+#: the tag branch reads the encoder stage whose in-plane stride is closest to this (both stages)
+DEFAULT_TAG_STRIDE = 16
+
+
+def stage_for_stride(strides, target_stride: int = DEFAULT_TAG_STRIDE) -> int:
     """Index of the encoder stage whose in-plane stride is closest to ``target_stride``.
 
     In-plane (the last two axes) because 3D plans are often anisotropic along z; ties go to the

@@ -8,22 +8,27 @@ Layout of the state dict (why it looks like this):
   rebuilds this network from plans alone and loads the state dict strictly; no text model needed.
 
 The branch reads one encoder stage (default: in-plane stride closest to 16), produces one
-attention map per segmentation class, and adds ``conv1x1(maps)`` to every skip connection at or
-above that resolution. The convs start at zero, so an untrained branch leaves nnU-Net's output
-bit-for-bit unchanged and the branch earns its influence during training.
+attention map per segmentation class, and adds ``conv1x1(maps)`` to the skip connections at or
+above that resolution: all of them by default, or only the ``inject_levels`` lowest-resolution ones
+(the lean branch: no full-resolution interpolation, which is most of the branch's cost in 3D; the
+U-Net decoder still carries the injected features up through its own upsampling path). The convs
+start at zero, so an untrained branch leaves nnU-Net's output bit-for-bit unchanged and the branch
+earns its influence during training.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from nnunet_mosmos.tag_decoder import TagDecoder
-from nnunet_mosmos.text import PromptContext
+from nnunet_mosmos.tag_decoder import DECODER_PRESETS, TagDecoder, TagDecoderOutput, rescaled_maps
+from nnunet_mosmos.text import DEFAULT_N_CTX, PromptContext
+
+_FULL = DECODER_PRESETS["full"]
+#: the block of a configuration in plans.json that carries the branch to prediction (the trainer writes it)
+PLANS_KEY = "mosmos_tag_branch"
 
 
 @dataclass
@@ -32,13 +37,25 @@ class TagBranchConfig:
     num_tags: int
     text_dim: int
     stage: int
-    d_model: int = 256
-    num_heads: int = 8
-    num_layers: int = 2
-    ffn_dim: int = 1024
-    dropout: float = 0.1
-    self_attention: bool = True
-    n_ctx: int = 4
+    d_model: int = _FULL["d_model"]
+    num_heads: int = _FULL["num_heads"]
+    num_layers: int = _FULL["num_layers"]
+    ffn_dim: int = _FULL["ffn_dim"]
+    dropout: float = _FULL["dropout"]
+    self_attention: bool = _FULL["self_attention"]
+    n_ctx: int = DEFAULT_N_CTX
+    #: inject into this many skips, the lowest-resolution first (branch stage, the one above, ...);
+    #: None = every skip at or above the branch stage
+    inject_levels: int | None = None
+
+    def injected_stages(self) -> list[int]:
+        """Encoder stages whose skips receive the maps, finest first."""
+        first = 0 if self.inject_levels is None else max(0, self.stage + 1 - int(self.inject_levels))
+        return list(range(first, self.stage + 1))
+
+    def decoder_kwargs(self) -> dict:
+        """The tag decoder's sizes (the keys of a DECODER_PRESETS entry)."""
+        return {k: getattr(self, k) for k in _FULL}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,27 +77,23 @@ class TagBranch(nn.Module):
     def __init__(self, config: TagBranchConfig, stage_channels: list[int], conv_op):
         super().__init__()
         self.config = config
-        self.decoder = TagDecoder(stage_channels[config.stage], config.text_dim, config.d_model,
-                                  config.num_heads, config.num_layers, config.ffn_dim, config.dropout,
-                                  config.self_attention)
+        if config.inject_levels is not None and int(config.inject_levels) < 1:
+            raise ValueError(f"inject_levels must be >= 1 (or None for every skip), got {config.inject_levels}")
+        self.decoder = TagDecoder(stage_channels[config.stage], config.text_dim, **config.decoder_kwargs())
         self.prompt = PromptContext(config.n_ctx, config.text_dim)
-        self.injections = nn.ModuleList(conv_op(config.num_tags, stage_channels[j], 1)
-                                        for j in range(config.stage + 1))
+        #: injections[i] serves encoder stage stages[i] (with every level: injections[j] <-> stage j)
+        self.stages = config.injected_stages()
+        self.injections = nn.ModuleList(conv_op(config.num_tags, stage_channels[j], 1) for j in self.stages)
         for conv in self.injections:
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
         self.register_buffer("tag_embeddings", torch.zeros(config.num_tags, config.text_dim), persistent=True)
 
     def inject(self, skips: list, attention: torch.Tensor) -> list:
-        """Add each stage's projection of the (mean-1 rescaled) maps to the skips at/above the branch."""
-        grid = attention.shape[2:]
-        feed = attention * math.prod(grid)  # uniform attention -> 1 everywhere
-        mode = "trilinear" if feed.ndim == 5 else "bilinear"
+        """Add each injected stage's projection of the (mean-1 rescaled) maps to its skip."""
         skips = list(skips)
-        for j, conv in enumerate(self.injections):
-            size = skips[j].shape[2:]
-            maps = feed if tuple(size) == tuple(grid) else F.interpolate(feed, size=size, mode=mode,
-                                                                          align_corners=False)
+        for j, conv in zip(self.stages, self.injections):
+            maps = rescaled_maps(attention, skips[j].shape[2:])
             skips[j] = skips[j] + conv(maps.to(skips[j].dtype))
         return skips
 
@@ -102,12 +115,22 @@ class MOSMOSNetwork(nn.Module):
     def branch_config(self) -> TagBranchConfig:
         return self.tag_branch.config
 
+    def tags(self, skips: list, tag_embeddings: torch.Tensor | None = None) -> TagDecoderOutput:
+        """The tag decoder on the branch stage of the encoder's ``skips`` (cached embeddings by default)."""
+        emb = self.tag_branch.tag_embeddings if tag_embeddings is None else tag_embeddings
+        return self.tag_branch.decoder(skips[self.branch_config.stage], emb)
+
+    def tag_maps(self, x: torch.Tensor, size=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tag logits B x K, mean-1 maps B x K x *size)`` for an input batch; ``size`` defaults to
+        the input's spatial size. What the attention export shows is what the decoder is fed."""
+        out = self.tags(self.encoder(x))
+        return out.logits, rescaled_maps(out.attention, x.shape[2:] if size is None else size)
+
     def forward(self, x: torch.Tensor, tag_embeddings: torch.Tensor | None = None):
         """``tag_embeddings`` (K x text_dim) overrides the cached buffer (used while the prompt
         context trains); prediction calls ``forward(x)`` and gets the logits tensor only."""
         skips = self.encoder(x)
-        emb = self.tag_branch.tag_embeddings if tag_embeddings is None else tag_embeddings
-        tags = self.tag_branch.decoder(skips[self.branch_config.stage], emb)
+        tags = self.tags(skips, tag_embeddings)
         seg = self.decoder(self.tag_branch.inject(skips, tags.attention))
         if self.training:
             return TrainingOutput(seg, tags.logits, tags.attention)

@@ -8,10 +8,14 @@ loads what fits and says exactly what happened to each tensor:
 * ``adapted``  — the stem's input channels changed (e.g. 1 pre-trained -> 4 MRI channels);
 * ``skipped``  — missing in the checkpoint or a shape that no rule maps.
 
-A checkpoint that fits none of the encoder is an error naming the fix (pre-train with the same
-``-d/-c``); a partial fit is reported with the numbers so the log shows it.
+The encoder loads whole or not at all: a checkpoint whose encoder does not fit (another topology,
+e.g. a 3D checkpoint for ``2d``) is an error naming the fix (pre-train with the same ``-d/-c``),
+the same verdict ``mosmos-inspect -d -c`` gives. The tag decoder and prompt context load by key and
+a partial fit there is reported with the numbers.
 """
 from __future__ import annotations
+
+import torch
 
 from nnunet_mosmos.checkpoint import fit_encoder_state
 
@@ -41,21 +45,51 @@ def load_matching(module: torch.nn.Module, source: dict, source_channels: int | 
     return report
 
 
-def load_pretrained(network, ckpt: dict, source_name: str = "checkpoint") -> dict[str, dict]:
+def encoder_entry(ckpt: dict, conv_dim: int) -> dict:
+    """The checkpoint's 3D export for a 3D network when there is one, else its (2D or 3D) encoder."""
+    return ckpt["encoder_3d"] if conv_dim == 3 and ckpt.get("encoder_3d") else ckpt["encoder"]
+
+
+def misfit(report: dict) -> str | None:
+    """None when every encoder tensor loads (copied, inflated or stem-adapted), else what does not.
+
+    The one verdict of ``mosmos-inspect -d -c`` and of the trainers: an encoder loads whole or not at
+    all, because a half-initialised encoder (e.g. norms loaded, every conv skipped) looks like a
+    pre-trained run in the logs while it is a scratch run in all that matters."""
+    bad = {k: report[k] for k in ("missing", "unexpected", "mismatched") if report[k]}
+    if not bad:
+        return None
+    return "; ".join(f"{k}: {', '.join(v[:4])}{' ...' if len(v) > 4 else ''}" for k, v in bad.items())
+
+
+def fit_encoder(encoder: torch.nn.Module, ckpt: dict) -> tuple[dict, dict]:
+    """``(state, report)`` of the checkpoint's encoder mapped onto ``encoder`` (nothing loaded yet)."""
+    conv_dim = 3 if "3d" in encoder.conv_op.__name__.lower() else 2
+    entry = encoder_entry(ckpt, conv_dim)
+    return fit_encoder_state(entry["state_dict"], encoder.state_dict(), entry.get("input_channels"))
+
+
+def load_pretrained_encoder(encoder: torch.nn.Module, ckpt: dict, source_name: str = "checkpoint",
+                            fix: str = "") -> dict:
+    """Load the checkpoint's encoder into nnU-Net's ``encoder`` (whole, or raise); the report."""
+    state, report = fit_encoder(encoder, ckpt)
+    problem = misfit(report)
+    if problem:
+        raise PretrainedMismatchError(
+            f"{source_name} does not fit this network's encoder ({problem}). It was pre-trained for another "
+            "topology: " + (fix or "run `mosmos-pretrain -d <this dataset> -c <this configuration>` so the "
+                            "encoder is built from the same nnU-Net plans") + ".")
+    encoder.load_state_dict(state, strict=True)
+    return report
+
+
+def load_pretrained(network, ckpt: dict, source_name: str = "checkpoint", fix: str = "") -> dict[str, dict]:
     """Initialise ``network`` (a MOSMOSNetwork) from a validated MOSMOS checkpoint dict.
 
-    The encoder comes from the checkpoint's 3D export when the network is 3D and one exists, else
-    from the 2D encoder (inflated). Returns one report per part (encoder, tag decoder, prompt context).
+    The encoder must load whole (:func:`load_pretrained_encoder`); the tag decoder and prompt
+    context load by key. Returns one report per part (encoder, tag decoder, prompt context).
     """
-    conv_dim = 3 if "3d" in network.encoder.conv_op.__name__.lower() else 2
-    entry = ckpt["encoder_3d"] if conv_dim == 3 and ckpt.get("encoder_3d") else ckpt["encoder"]
-    reports = {"encoder": load_matching(network.encoder, entry["state_dict"], entry.get("input_channels"))}
-    if used(reports["encoder"]) == 0:
-        raise PretrainedMismatchError(
-            f"{source_name} fits none of this network's encoder tensors ("
-            f"{summarise('encoder', reports['encoder'])}). It was pre-trained for another topology: run "
-            "`mosmos-pretrain -d <this dataset> -c <this configuration>` so the encoder is built from "
-            "the same nnU-Net plans, or train without it (nnUNetTrainerMOSMOS_scratch).")
+    reports = {"encoder": load_pretrained_encoder(network.encoder, ckpt, source_name, fix)}
     reports["tag decoder"] = load_matching(network.tag_branch.decoder, ckpt["tag_decoder"]["state_dict"])
     reports["prompt context"] = load_matching(network.tag_branch.prompt, {"ctx": ckpt["prompt_context"]})
     return reports

@@ -20,6 +20,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: Tag-decoder sizes, the one source for both stages (pre-training and fine-tuning build the same
+#: decoder so its weights move without renaming). "full": the Query2Label sizes the project started
+#: with; "lean": the small decoder of the overhead study (docs/benchmarks.md), 0.37 M instead of
+#: 2.41 M parameters. Which one is the default is decided by the benefit study (docs/benchmarks.md).
+DECODER_PRESETS = {
+    "full": dict(d_model=256, num_heads=8, num_layers=2, ffn_dim=1024, dropout=0.1, self_attention=True),
+    "lean": dict(d_model=128, num_heads=4, num_layers=1, ffn_dim=512, dropout=0.1, self_attention=True),
+}
+DEFAULT_DECODER_PRESET = "full"
+
+
+def decoder_preset(name: str) -> dict:
+    """A copy of the named preset's kwargs; a clear error for an unknown name."""
+    if name not in DECODER_PRESETS:
+        raise ValueError(f"unknown tag-decoder preset {name!r}; choose one of {sorted(DECODER_PRESETS)}")
+    return dict(DECODER_PRESETS[name])
+
 
 def position_encoding(spatial_shape, dim: int, device=None, dtype=None) -> torch.Tensor:
     """Fixed ``(N, dim)`` sin/cos code of normalised coordinates for a 2D or 3D grid (N = prod(shape)).
@@ -38,6 +55,22 @@ def position_encoding(spatial_shape, dim: int, device=None, dtype=None) -> torch
     angles = grid[:, :, None] * freqs[None, None, :] * (2 * math.pi * 16)  # N x 3 x F
     code = torch.cat([angles.sin(), angles.cos()], dim=-1).reshape(grid.shape[0], -1)
     return F.pad(code, (0, dim - code.shape[1])).to(dtype or torch.float32)
+
+
+def rescaled_maps(attention: torch.Tensor, size=None) -> torch.Tensor:
+    """Attention maps ``B x K x *grid`` (each sums to 1) as mean-1 maps, optionally resized to ``size``.
+
+    Multiplying by the number of positions makes uniform attention 1 everywhere, so what the U-Net
+    is fed (and what people look at) does not depend on the patch size. Resizing is bilinear /
+    trilinear with ``align_corners=False``. The network's injection, the attention export and the
+    zero-shot maps all use this one function.
+    """
+    grid = tuple(attention.shape[2:])
+    maps = attention * math.prod(grid)
+    if size is None or tuple(size) == grid:
+        return maps
+    return F.interpolate(maps, size=tuple(size), mode="trilinear" if maps.ndim == 5 else "bilinear",
+                         align_corners=False)
 
 
 @dataclass
@@ -95,8 +128,11 @@ class TagDecoder(nn.Module):
         self_attention: Query2Label keeps self-attention among queries; RAM drops it.
     """
 
-    def __init__(self, visual_channels: int, text_dim: int, d_model: int = 256, num_heads: int = 8,
-                 num_layers: int = 2, ffn_dim: int = 1024, dropout: float = 0.1, self_attention: bool = True):
+    def __init__(self, visual_channels: int, text_dim: int, d_model: int = DECODER_PRESETS["full"]["d_model"],
+                 num_heads: int = DECODER_PRESETS["full"]["num_heads"],
+                 num_layers: int = DECODER_PRESETS["full"]["num_layers"],
+                 ffn_dim: int = DECODER_PRESETS["full"]["ffn_dim"], dropout: float = DECODER_PRESETS["full"]["dropout"],
+                 self_attention: bool = DECODER_PRESETS["full"]["self_attention"]):
         super().__init__()
         self.config = dict(visual_channels=visual_channels, text_dim=text_dim, d_model=d_model,
                            num_heads=num_heads, num_layers=num_layers, ffn_dim=ffn_dim, dropout=dropout,

@@ -20,6 +20,9 @@ import torch
 from torch import nn
 
 ENV_TEXT_ENCODER = "MOSMOS_TEXT_ENCODER"
+#: the prompt context of both stages: its length and the phrase its vectors start from (CoOp)
+DEFAULT_N_CTX = 4
+DEFAULT_CONTEXT_INIT = "a medical image of"
 
 
 class TextEncoderError(RuntimeError):
@@ -184,14 +187,28 @@ class TextEncoder(nn.Module):
         return self._mean_pool(hidden, full_mask)
 
     def context_init(self, phrase: str | None, n_ctx: int) -> torch.Tensor:
-        """Initial context vectors: the word embeddings of ``phrase`` or small random vectors."""
-        emb = self.model.get_input_embeddings()
-        if phrase:
-            ids = self.tokenizer(phrase, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-            if len(ids) == n_ctx:
-                with torch.no_grad():
-                    return emb(ids.to(self.device)).detach().float().cpu().clone()
-        return torch.randn(n_ctx, self.dim) * 0.02
+        """Initial context vectors: the word embeddings of ``phrase``, fitted to ``n_ctx`` vectors.
+
+        A phrase of another token count is fitted rather than dropped (a silent fall-back to random
+        vectors would change what the prompt means): its first ``n_ctx`` tokens are kept, or small
+        random vectors fill the missing places, with a warning either way. No phrase: random vectors.
+        """
+        rand = torch.randn(n_ctx, self.dim) * 0.02
+        if not phrase:
+            return rand
+        ids = self.tokenizer(phrase, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        if len(ids) != n_ctx:
+            import warnings
+
+            warnings.warn(f"prompt context phrase {phrase!r} is {len(ids)} tokens for this tokenizer but the "
+                          f"context has n_ctx={n_ctx} vectors: "
+                          + (f"keeping its first {n_ctx} tokens" if len(ids) > n_ctx else
+                             f"the last {n_ctx - len(ids)} vectors start random"), stacklevel=2)
+            ids = ids[:n_ctx]
+        with torch.no_grad():
+            words = self.model.get_input_embeddings()(ids.to(self.device)).detach().float().cpu()
+        rand[:len(words)] = words
+        return rand
 
 
 class PromptContext(nn.Module):

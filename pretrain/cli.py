@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--image-size", type=_positive(int), nargs="+", metavar="PX",
                    help="training image size, one value (square) or H W; in 3D the patch, one value or Z Y X "
                    "(default: the configuration's patch size with -c, else 256 / 64^3)")
+    m.add_argument("--tag-decoder", choices=("full", "lean"), default="full",
+                   help="tag decoder sizes (nnunet_mosmos/tag_decoder.py DECODER_PRESETS): full = 2 layers, d_model 256; "
+                   "lean = 1 layer, d_model 128 (fine-tuning takes the checkpoint's sizes; default: full)")
     o = p.add_argument_group("objectives (docs/pretraining.md)")
     o.add_argument("--objective", action="append", choices=("mosmos", "organ-grounded", "negative-free"),
                    help="add an objective to MOSMOS' contrastive + tag losses (repeatable): organ-grounded (CT-GLIP: "
@@ -133,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args, argv) -> "PretrainConfig":  # noqa: F821
+    from nnunet_mosmos.tag_decoder import decoder_preset
     from pretrain.engine import PretrainConfig
 
     return PretrainConfig(
@@ -149,6 +153,7 @@ def config_from_args(args, argv) -> "PretrainConfig":  # noqa: F821
         organ_weight=args.organ_weight, negative_free_weight=args.negative_free_weight, label_names=args.label_names,
         label_map_key=args.label_map_key, abnormality_dictionary=args.abnormality_dictionary,
         negatives_per_organ=args.negatives_per_organ, text_generator=args.text_generator,
+        decoder=decoder_preset(args.tag_decoder),
         command="mosmos-pretrain " + " ".join(shlex.quote(a) for a in argv))
 
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from nnunet_mosmos.checkpoint import atomic_torch_save, save_mosmos_checkpoint
 from nnunet_mosmos.tags import TagVocabulary
-from nnunet_mosmos.text import TextEncoder
+from nnunet_mosmos.text import DEFAULT_N_CTX, TextEncoder
 from pretrain.datasets import PairDataset, collate_pairs, describe_source, is_volume, load_pairs, split_pairs
 from pretrain.grounding import OrganGrounding
 from pretrain.label_names import LabelNamesError, load_label_names
@@ -81,7 +81,7 @@ class PretrainConfig:
     vocabulary: str | None = None
     embed_dim: int = 256
     decoder: dict = field(default_factory=dict)
-    n_ctx: int = 4
+    n_ctx: int = DEFAULT_N_CTX
     progress_bar: bool = True
     command: str = ""
     # hospital-shaped data (docs/pretraining.md, "3D reports and the extra objectives")

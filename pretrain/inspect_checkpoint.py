@@ -11,20 +11,17 @@ import sys
 
 
 def _check_fit(ckpt: dict, dataset: str, configuration: str, plans: str) -> str:
-    from nnunet_mosmos.checkpoint import fit_encoder_state
     from nnunet_mosmos.encoders import build_plain_network
+    from nnunet_mosmos.pretrained import fit_encoder, misfit
     from pretrain.plans import load_configuration
 
     cm, target = load_configuration(dataset, configuration, plans)
-    dim = len(cm.patch_size)
-    entry = ckpt["encoder_3d"] if dim == 3 and ckpt.get("encoder_3d") is not None else ckpt["encoder"]
     encoder = build_plain_network(cm, target["input_channels"], 2, deep_supervision=False).encoder
-    state, report = fit_encoder_state(entry["state_dict"], encoder.state_dict(), entry["input_channels"])
+    state, report = fit_encoder(encoder, ckpt)
     where = f"{target['dataset']} {plans} {configuration} ({target['input_channels']} channel(s))"
-    bad = {k: report[k] for k in ("missing", "unexpected", "mismatched") if report[k]}
-    if bad:
-        details = "; ".join(f"{k}: {', '.join(v[:4])}{' ...' if len(v) > 4 else ''}" for k, v in bad.items())
-        return f"does NOT fit {where}: {details}"
+    problem = misfit(report)
+    if problem:
+        return f"does NOT fit {where}: {problem}"
     encoder.load_state_dict(state, strict=True)
     return (f"fits {where}: {len(report['loaded'])} tensors copied, {len(report['inflated'])} inflated, "
             f"{len(report['adapted'])} stem tensors adapted")

@@ -3,9 +3,10 @@
 Built from the same pieces as the fine-tuning network so that weights move without renaming:
 ``encoder`` is the ``.encoder`` of the network nnU-Net builds from (the 2D twin of) the plans;
 ``tag_decoder`` is a :class:`~nnunet_mosmos.tag_decoder.TagDecoder` reading the encoder stage
-chosen by ``stage_for_stride(strides, 16)`` (the trainer's default ``tag_branch_stride``), and
-``prompt`` the shared :class:`~nnunet_mosmos.text.PromptContext`. Their defaults equal
-``nnUNetTrainerMOSMOS``'s so a checkpoint loads into the trainer's ``tag_branch`` unchanged.
+chosen by ``stage_for_stride`` (``encoders.DEFAULT_TAG_STRIDE``), and ``prompt`` the shared
+:class:`~nnunet_mosmos.text.PromptContext`. Sizes come from the same constants the trainer uses
+(``tag_decoder.DECODER_PRESETS``, ``text.DEFAULT_N_CTX``/``DEFAULT_CONTEXT_INIT``), so a checkpoint
+loads into the trainer's ``tag_branch`` unchanged.
 
 The text encoder is frozen (MOSMOS keeps the report encoder fixed; only the prompt context and
 the projection learn on the text side), so its weights never enter ``trainable_state_dict``.
@@ -23,16 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_mosmos.encoders import stage_for_stride
-from nnunet_mosmos.tag_decoder import TagDecoder
-from nnunet_mosmos.text import PromptContext, TextEncoder
+from nnunet_mosmos.encoders import DEFAULT_TAG_STRIDE, stage_for_stride
+from nnunet_mosmos.tag_decoder import DEFAULT_DECODER_PRESET, TagDecoder, decoder_preset
+from nnunet_mosmos.text import DEFAULT_CONTEXT_INIT, DEFAULT_N_CTX, PromptContext, TextEncoder
 from pretrain.objectives import masked_stage_means, projector
 
-#: equal to nnUNetTrainerMOSMOS.tag_decoder_kwargs / n_ctx / context_init / tag_branch_stride
-TAG_DECODER_DEFAULTS = dict(d_model=256, num_heads=8, num_layers=2, ffn_dim=1024, dropout=0.1, self_attention=True)
-N_CTX = 4
-CONTEXT_INIT = "a medical image of"
-TAG_STRIDE = 16
 EMBED_DIM = 256
 INIT_TEMPERATURE = 0.07
 MAX_LOGIT_SCALE = 100.0  # temperature never below 0.01 (CLIP's clamp)
@@ -51,17 +47,18 @@ class PretrainModel(nn.Module):
     """``forward(images, texts)`` -> normalised image/text features, logit scale, tag logits."""
 
     def __init__(self, spec, text_encoder: TextEncoder, tag_names: list[str], embed_dim: int = EMBED_DIM,
-                 decoder_kwargs: dict | None = None, n_ctx: int = N_CTX, context_init: str | None = CONTEXT_INIT,
+                 decoder_kwargs: dict | None = None, n_ctx: int = DEFAULT_N_CTX,
+                 context_init: str | None = DEFAULT_CONTEXT_INIT,
                  objectives=("mosmos",)):
         super().__init__()
         self.encoder = build_encoder(spec)
         channels = list(self.encoder.output_channels)
-        self.stage = stage_for_stride(spec.strides, TAG_STRIDE)
+        self.stage = stage_for_stride(spec.strides, DEFAULT_TAG_STRIDE)
         self.text = text_encoder
         self.tag_names = list(tag_names)
         self.prompt = PromptContext(n_ctx, text_encoder.dim, init=text_encoder.context_init(context_init, n_ctx))
         self.tag_decoder = TagDecoder(channels[self.stage], text_encoder.dim,
-                                      **{**TAG_DECODER_DEFAULTS, **(decoder_kwargs or {})})
+                                      **{**decoder_preset(DEFAULT_DECODER_PRESET), **(decoder_kwargs or {})})
         self.image_proj = nn.Linear(channels[-1], embed_dim)
         self.text_proj = nn.Linear(text_encoder.dim, embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / INIT_TEMPERATURE)))

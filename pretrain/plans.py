@@ -23,7 +23,6 @@ DEFAULT_IMAGE_SIZE = 256
 DEFAULT_PATCH_SIZE_3D = (64, 64, 64)
 ZSCORE = "ZScoreNormalization"
 #: default output, relative to the dataset's preprocessed folder (the fine-tuning trainer looks here)
-OUTPUT_SUBFOLDER = "mosmos_pretrained"
 
 
 class PlansError(ValueError):
@@ -189,7 +188,9 @@ def intensity_properties(folder, channel: int = 0) -> dict | None:
 
 def default_output(target: dict) -> Path:
     """``$nnUNet_preprocessed/DatasetXXX_Name/mosmos_pretrained/<plans>__<configuration>.pt``."""
-    return Path(target["folder"]) / OUTPUT_SUBFOLDER / f"{target['plans']}__{target['configuration']}.pt"
+    from nnunet_mosmos.checkpoint import conventional_path
+
+    return conventional_path(target["folder"], target["plans"], target["configuration"])
 
 
 def _triple(size) -> tuple[int, int, int]:

@@ -1,5 +1,6 @@
 """The MOSMOS trainers; ``nnunet_ext/`` re-exports everything listed in ``__all__``."""
 from nnunet_mosmos.training.nnUNetTrainerMOSMOS import nnUNetTrainerMOSMOS
+from nnunet_mosmos.training.nnUNetTrainerMOSMOSEncoder import nnUNetTrainerMOSMOSEncoder
 from nnunet_mosmos.training.variants import (
     nnUNetTrainerMOSMOS_5epochs,
     nnUNetTrainerMOSMOS_50epochs,
@@ -7,6 +8,7 @@ from nnunet_mosmos.training.variants import (
     nnUNetTrainerMOSMOS_250epochs,
     nnUNetTrainerMOSMOS_frozenPrompt,
     nnUNetTrainerMOSMOS_lambda0p1,
+    nnUNetTrainerMOSMOS_lean,
     nnUNetTrainerMOSMOS_lambda1p0,
     nnUNetTrainerMOSMOS_noAlign,
     nnUNetTrainerMOSMOS_scratch,
@@ -17,6 +19,8 @@ from nnunet_mosmos.training.variants import (
 
 __all__ = [
     "nnUNetTrainerMOSMOS",
+    "nnUNetTrainerMOSMOSEncoder",
+    "nnUNetTrainerMOSMOS_lean",
     "nnUNetTrainerMOSMOS_5epochs",
     "nnUNetTrainerMOSMOS_50epochs",
     "nnUNetTrainerMOSMOS_demo",

@@ -36,19 +36,17 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunet_mosmos.checkpoint import load_mosmos_checkpoint
-from nnunet_mosmos.encoders import stage_for_stride
+from nnunet_mosmos.checkpoint import load_mosmos_checkpoint, locate_checkpoint
+from nnunet_mosmos.encoders import DEFAULT_TAG_STRIDE, stage_for_stride
 from nnunet_mosmos.losses import PixelTagAligningLoss
-from nnunet_mosmos.network import MOSMOSNetwork, TagBranchConfig, build_mosmos_network
+from nnunet_mosmos.network import PLANS_KEY, MOSMOSNetwork, TagBranchConfig, build_mosmos_network
 from nnunet_mosmos.pretrained import load_pretrained, summarise, used
+from nnunet_mosmos.tag_decoder import DEFAULT_DECODER_PRESET, decoder_preset
 from nnunet_mosmos.tags import class_prompts
-from nnunet_mosmos.text import (ENV_TEXT_ENCODER, TextEncoder, looks_local, resolve_text_encoder,
-                                text_encoder_dim)
+from nnunet_mosmos.text import (DEFAULT_CONTEXT_INIT, DEFAULT_N_CTX, ENV_TEXT_ENCODER, TextEncoder, looks_local,
+                                resolve_text_encoder, text_encoder_dim)
 
-PLANS_KEY = "mosmos_tag_branch"
 ENV_PROMPTS = "MOSMOS_PROMPTS"
-ENV_PRETRAINED = "MOSMOS_PRETRAINED"
-PRETRAINED_SUBFOLDER = "mosmos_pretrained"
 EXTRA_LOG_KEYS = ("train_seg_losses", "train_align_losses", "train_align_spatial", "train_align_presence")
 
 
@@ -58,15 +56,18 @@ class nnUNetTrainerMOSMOS(nnUNetTrainer):
     #: weight of the tag-presence term inside the aligning loss
     presence_loss_weight: float = 1.0
     #: the branch reads the encoder stage whose in-plane stride is closest to this ...
-    tag_branch_stride: int = 16
+    tag_branch_stride: int = DEFAULT_TAG_STRIDE
     #: ... unless a stage index is given here
     tag_branch_stage: int | None = None
-    tag_decoder_kwargs: dict = dict(d_model=256, num_heads=8, num_layers=2, ffn_dim=1024, dropout=0.1,
-                                    self_attention=True)
+    #: tag decoder sizes (tag_decoder.DECODER_PRESETS); a pre-training checkpoint's sizes win
+    tag_decoder_kwargs: dict = decoder_preset(DEFAULT_DECODER_PRESET)
+    #: inject the maps into this many skips, lowest resolution first; None = every skip at/above the branch
+    tag_injection_levels: int | None = None
     #: length of the learnable prompt context and the phrase its vectors start from
-    n_ctx: int = 4
-    context_init: str | None = "a medical image of"
-    #: keep training the prompt context through the frozen text encoder (MOSMOS Fig. 3b)
+    n_ctx: int = DEFAULT_N_CTX
+    context_init: str | None = DEFAULT_CONTEXT_INIT
+    #: keep training the prompt context through the frozen text encoder (MOSMOS Fig. 3b); False:
+    #: the tag embeddings are computed once and the text encoder is released (no text pass per step)
     train_prompt_context: bool = True
     #: nnU-Net schedule overrides, e.g. {"num_epochs": 2, "num_iterations_per_epoch": 4}
     schedule: dict | None = None
@@ -99,17 +100,8 @@ class nnUNetTrainerMOSMOS(nnUNetTrainer):
     def _locate_pretrained(self) -> str | None:
         if not self.use_pretrained:
             return None
-        explicit = os.environ.get(ENV_PRETRAINED)
-        if explicit:
-            if not os.path.isfile(explicit):
-                raise FileNotFoundError(f"{ENV_PRETRAINED}={explicit} does not exist. Point it at a file "
-                                        "written by `mosmos-pretrain -o FILE.pt`, or unset it.")
-            return explicit
-        if self.preprocessed_dataset_folder_base is None:
-            return None
-        conventional = os.path.join(self.preprocessed_dataset_folder_base, PRETRAINED_SUBFOLDER,
-                                    f"{self.plans_manager.plans_name}__{self.configuration_name}.pt")
-        return conventional if os.path.isfile(conventional) else None
+        return locate_checkpoint(self.preprocessed_dataset_folder_base, self.plans_manager.plans_name,
+                                 self.configuration_name)
 
     def _choose_text_encoder(self) -> str:
         """Explicit $MOSMOS_TEXT_ENCODER > the checkpoint's text encoder (if present here) > default."""
@@ -135,15 +127,23 @@ class nnUNetTrainerMOSMOS(nnUNetTrainer):
         decoder_kwargs, n_ctx = dict(self.tag_decoder_kwargs), self.n_ctx
         if self.pretrained is not None:  # shape the branch like the pre-trained one so it loads
             pre = self.pretrained["tag_decoder"]
-            decoder_kwargs = {k: pre["config"][k] for k in decoder_kwargs if k in pre["config"]}
-            n_ctx = int(self.pretrained["prompt_context"].shape[0])
+            fitted = {**decoder_kwargs, **{k: pre["config"][k] for k in decoder_kwargs if k in pre["config"]}}
+            pre_ctx = int(self.pretrained["prompt_context"].shape[0])
+            changed = {k: (decoder_kwargs[k], fitted[k]) for k in decoder_kwargs if decoder_kwargs[k] != fitted[k]}
+            if pre_ctx != n_ctx:
+                changed["n_ctx"] = (n_ctx, pre_ctx)
+            if changed:
+                self.print_to_log_file(
+                    "MOSMOS: the tag branch takes the pre-training checkpoint's sizes so its weights load: "
+                    + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+            decoder_kwargs, n_ctx = fitted, pre_ctx
             features = arch.get("features_per_stage", [])
             pre_stage = int(pre.get("stage", -1))
             if self.tag_branch_stage is None and 0 <= pre_stage < n_stages \
                     and features[pre_stage] == pre["config"].get("visual_channels"):
                 stage = pre_stage
         return TagBranchConfig(num_tags=len(self.class_prompts), text_dim=text_dim, stage=stage % n_stages,
-                               n_ctx=n_ctx, **decoder_kwargs)
+                               n_ctx=n_ctx, inject_levels=self.tag_injection_levels, **decoder_kwargs)
 
     def _write_branch_plans(self, config: TagBranchConfig) -> None:
         """Store the branch in plans.json (nnU-Net copies it into the model folder at train start)."""
@@ -180,6 +180,24 @@ class nnUNetTrainerMOSMOS(nnUNetTrainer):
             f"MOSMOS: text encoder {self.text_encoder_name}; prompts {self.class_prompts}; tag branch "
             f"{self._net().branch_config}; lambda={self.aligning_loss_weight}")
         self.refresh_tag_embeddings()
+        if not self.train_prompt_context:
+            # the context never changes, so the cached embeddings are final: no text pass per step, and
+            # the text encoder (87 MB for MiniLM) is not kept resident
+            self.text_encoder = None
+            self.print_to_log_file("MOSMOS: prompt context frozen; tag embeddings cached once, text encoder released")
+
+    def configure_optimizers(self):
+        """A frozen prompt context is taken out of training before the optimizer and DDP see it (DDP
+        would otherwise wait for a gradient that never comes)."""
+        if not self.train_prompt_context:
+            net = self.network._orig_mod if isinstance(self.network, OptimizedModule) else self.network
+            net.tag_branch.prompt.ctx.requires_grad_(False)
+        return super().configure_optimizers()
+
+    def _refit_hint(self) -> str:
+        return (f"pre-train for it with `mosmos-pretrain -d {self.plans_manager.dataset_name} -c "
+                f"{self.configuration_name} -p {self.plans_manager.plans_name}`, or train without it "
+                f"(nnUNetTrainerMOSMOS_scratch)")
 
     def _load_pretrained(self) -> None:
         if self.pretrained is None:
@@ -188,7 +206,7 @@ class nnUNetTrainerMOSMOS(nnUNetTrainer):
                 f"{self.plans_manager.dataset_name} -c {self.configuration_name}`): the encoder starts from "
                 "nnU-Net's random init and the tag branch trains from scratch.")
             return
-        reports = load_pretrained(self._net(), self.pretrained, self.pretrained_path)
+        reports = load_pretrained(self._net(), self.pretrained, self.pretrained_path, self._refit_hint())
         self.print_to_log_file(f"MOSMOS: initialised from {self.pretrained_path}")
         for part, report in reports.items():
             partial = report["missing"] or report["mismatched"]

@@ -2,6 +2,7 @@
 
 Names follow nnU-Net's conventions (``_lambda0p1`` = 0.1, ``_5epochs``); use them with ``-tr``.
 """
+from nnunet_mosmos.tag_decoder import decoder_preset
 from nnunet_mosmos.training.nnUNetTrainerMOSMOS import nnUNetTrainerMOSMOS
 
 
@@ -21,6 +22,17 @@ class nnUNetTrainerMOSMOS_noAlign(nnUNetTrainerMOSMOS):
 
 class nnUNetTrainerMOSMOS_frozenPrompt(nnUNetTrainerMOSMOS):
     """The prompt context stays at its initial value (tag embeddings computed once)."""
+    train_prompt_context = False
+
+
+# --- the lean branch (docs/benchmarks.md: the overhead targets, and the benefit study's verdict) ----
+class nnUNetTrainerMOSMOS_lean(nnUNetTrainerMOSMOS):
+    """Small tag decoder (1 layer, d_model 128), maps injected only at the branch stage and the one
+    above it, prompt context frozen (tag embeddings cached once, text encoder released). With a
+    pre-training checkpoint the decoder takes the checkpoint's sizes: pre-train with
+    ``mosmos-pretrain --tag-decoder lean``."""
+    tag_decoder_kwargs = decoder_preset("lean")
+    tag_injection_levels = 2
     train_prompt_context = False
 
 
