@@ -48,6 +48,8 @@ class Arm:
     trainer: str
     pretrain: list[str] | None = None
     configuration: str | None = None
+    #: (epochs, iterations per epoch) instead of the study's budget (the pilot's learning curve)
+    budget: tuple[int, int] | None = None
 
 
 DEFAULT_ARMS = (
@@ -99,7 +101,15 @@ class StudyConfig:
 
 # ------------------------------------------------------------------------------------ running
 class Runner:
-    """Runs the study's commands with nnU-Net's folders inside ``config.output``; one log per step."""
+    """Runs the study's commands with nnU-Net's folders inside ``config.output``; one log per step.
+
+    The arms train on ``dataset`` with the plans ``plans`` and are scored on ``test_folders()``;
+    a study on other data (``benchmarks/chaos.py``) overrides these and ``prepare_data``.
+    """
+    dataset_id: int = DATASET_ID
+    dataset: str = DATASET
+    plans: str = "nnUNetPlans"
+    config_file: str = "study_config.json"
 
     def __init__(self, config: StudyConfig):
         self.c = config
@@ -188,6 +198,13 @@ class Runner:
     def run_dir(self, arm: Arm, seed: int) -> Path:
         return self.out / "runs" / arm.name / f"seed{seed}"
 
+    def test_folders(self) -> tuple[Path, Path]:
+        """(images, labels) of the held-out cases every arm is scored on."""
+        return self.raw / self.dataset / "imagesTs", self.raw / self.dataset / "labelsTs"
+
+    def budget(self, arm: Arm) -> tuple[int, int]:
+        return arm.budget or (self.c.epochs, self.c.iters)
+
     def run_arm(self, arm: Arm, seed: int) -> dict:
         """Train, predict, evaluate (skipped when its summary.json exists); the run's result dict."""
         c, cf, folder = self.c, self.c.arm_configuration(arm), self.run_dir(arm, seed)
@@ -195,27 +212,30 @@ class Runner:
         if summary.is_file() and result_file.is_file():
             return json.loads(result_file.read_text())
         t0 = time.time()
+        epochs, iters = self.budget(arm)
         env = {"nnUNet_results": str(folder / "results"), "MOSMOS_STUDY_SEED": str(seed),
-               "MOSMOS_STUDY_EPOCHS": str(c.epochs), "MOSMOS_STUDY_ITERS": str(c.iters),
+               "MOSMOS_STUDY_EPOCHS": str(epochs), "MOSMOS_STUDY_ITERS": str(iters),
                "MOSMOS_STUDY_VAL_ITERS": str(c.val_iters)}
         ckpt = None
         if arm.pretrain is not None:
             ckpt = self.pretrained_checkpoint(arm, seed)
             env["MOSMOS_PRETRAINED"] = str(ckpt)
-        model = folder / "results" / DATASET / f"{arm.trainer}__nnUNetPlans__{cf}"
+        model = folder / "results" / self.dataset / f"{arm.trainer}__{self.plans}__{cf}"
         log = f"{arm.name}_seed{seed}"
+        images, labels = self.test_folders()
         t_train = t1 = time.time()
         if not (model / "fold_all" / "checkpoint_final.pth").is_file():
-            self.run(["nnUNetv2_train", DATASET_ID, cf, "all", "-tr", arm.trainer, "-device", c.device],
-                     log, env)
+            self.run(["nnUNetv2_train", self.dataset_id, cf, "all", "-tr", arm.trainer, "-p", self.plans,
+                      "-device", c.device], log, env)
             t_train = time.time()
-        self.run(["nnUNetv2_predict", "-i", self.raw / DATASET / "imagesTs", "-o", folder / "pred",
-                  "-d", DATASET_ID, "-c", cf, "-f", "all", "-tr", arm.trainer, "-device", c.device,
+        self.run(["nnUNetv2_predict", "-i", images, "-o", folder / "pred", "-d", self.dataset_id, "-c", cf,
+                  "-f", "all", "-tr", arm.trainer, "-p", self.plans, "-device", c.device,
                   "--disable_tta", "-npp", 1, "-nps", 1], log, env)
-        evaluate(self.raw / DATASET / "labelsTs", folder / "pred", model)
+        evaluate(labels, folder / "pred", model)
         result = {"arm": arm.name, "trainer": arm.trainer, "configuration": cf, "seed": seed,
-                  "pretrained": str(ckpt) if ckpt else None, **dice_from_summary(summary),
-                  "train_s": round(t_train - t1, 1), "total_s": round(time.time() - t0, 1)}
+                  "budget": [epochs, iters], "pretrained": str(ckpt) if ckpt else None,
+                  **dice_from_summary(summary), "train_s": round(t_train - t1, 1),
+                  "total_s": round(time.time() - t0, 1)}
         result_file.write_text(json.dumps(result, indent=1))
         return result
 
@@ -223,11 +243,11 @@ class Runner:
         """Resuming with another budget or dataset would mix incomparable runs: refuse it."""
         keep = {k: v for k, v in asdict(self.c).items() if k not in ("output", "arms", "seeds", "jobs")}
         keep = json.loads(json.dumps(keep, default=str))
-        saved = self.out / "study_config.json"
+        saved = self.out / self.config_file
         if saved.is_file() and json.loads(saved.read_text()) != keep:
             raise RuntimeError(f"bench_benefit: {self.out} holds a study with other settings ({saved}); "
                                "re-run with the same settings to resume, or pass a new -o folder")
-        self.out.mkdir(parents=True, exist_ok=True)
+        saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(keep, indent=1))
 
     def finished_runs(self) -> list[dict]:
@@ -297,7 +317,8 @@ def aggregate(results: list[dict], references=(SCRATCH, PLAIN)) -> dict:
         classes = sorted(runs[seeds[0]]["class_dice"], key=int)
         arms[name] = {"seeds": seeds, "dice": [runs[s]["mean_dice"] for s in seeds],
                       **_stats([runs[s]["mean_dice"] for s in seeds]),
-                      "class_dice": {k: float(np.mean([runs[s]["class_dice"][k] for s in seeds])) for k in classes}}
+                      "class_dice": {k: float(np.mean([runs[s]["class_dice"][k] for s in seeds])) for k in classes},
+                      "class_dice_std": {k: _stats([runs[s]["class_dice"][k] for s in seeds])["std"] for k in classes}}
     paired = {}
     for ref in references:
         if ref not in by_arm:
@@ -354,7 +375,8 @@ def plot(agg: dict, path: Path, title: str = "") -> Path:
     return Path(path)
 
 
-def study_record(config: StudyConfig, results: list[dict], command: str, wall_s: float) -> dict:
+def study_record(config: StudyConfig, results: list[dict], command: str, wall_s: float,
+                 references=(SCRATCH, PLAIN)) -> dict:
     """Everything the docs need in one JSON: config, per-run results, aggregate, machine, versions."""
     import platform
     from importlib.metadata import version
@@ -366,7 +388,7 @@ def study_record(config: StudyConfig, results: list[dict], command: str, wall_s:
             "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                         "load_average": os.getloadavg()},
             "versions": {p: version(p) for p in ("torch", "nnunetv2", "nnunet-mosmos")},
-            "runs": results, "aggregate": aggregate(results)}
+            "runs": results, "aggregate": aggregate(results, references)}
 
 
 # ---------------------------------------------------------------------------------------- CLI

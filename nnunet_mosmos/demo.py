@@ -35,10 +35,14 @@ SIZES = {
 }
 
 
+#: the nnU-Net commands that run the experiment planner
+PLANNER_COMMANDS = ("nnUNetv2_plan_and_preprocess", "nnUNetv2_plan_experiment")
+
+
 def env_for(command: str, env: dict) -> dict:
     """``env`` for one nnU-Net command: nnU-Net 2.8.1's planner calls
     ``torch.set_num_threads(nnUNet_n_proc_DA)``, which rejects the 0 that training accepts."""
-    if Path(command).name == "nnUNetv2_plan_and_preprocess" and env.get("nnUNet_n_proc_DA") == "0":
+    if Path(command).name in PLANNER_COMMANDS and env.get("nnUNet_n_proc_DA") == "0":
         return {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"}
     return env
 

@@ -30,7 +30,9 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_mosmos.tag_decoder import decoder_preset
 from nnunet_mosmos.training.nnUNetTrainerMOSMOS import nnUNetTrainerMOSMOS
+from nnunet_mosmos.training.nnUNetTrainerMOSMOSEncoder import nnUNetTrainerMOSMOSEncoder
 
 #: environment variable -> nnUNetTrainer attribute it sets
 SCHEDULE_ENV = {"MOSMOS_STUDY_EPOCHS": "num_epochs", "MOSMOS_STUDY_ITERS": "num_iterations_per_epoch",
@@ -88,7 +90,14 @@ class nnUNetTrainer_mosmosStudy(StudyBudgetMixin, nnUNetTrainer):
 
 
 class nnUNetTrainerMOSMOS_study(StudyBudgetMixin, nnUNetTrainerMOSMOS):
-    """MOSMOS, lambda 0.5 (the default), loads ``$MOSMOS_PRETRAINED`` when the study sets it."""
+    """MOSMOS with the paper's full branch, pinned here (not inherited) so that a later change of the
+    shipped defaults cannot change what a study arm measured: full tag decoder, maps injected into
+    every skip at/above the branch, prompt context trained, lambda 0.5. Loads ``$MOSMOS_PRETRAINED``
+    when the study sets it."""
+    aligning_loss_weight = 0.5
+    tag_decoder_kwargs = decoder_preset("full")
+    tag_injection_levels = None
+    train_prompt_context = True
 
 
 class nnUNetTrainerMOSMOS_study_scratch(nnUNetTrainerMOSMOS_study):
@@ -105,3 +114,15 @@ class nnUNetTrainerMOSMOS_study_lambda1p0(nnUNetTrainerMOSMOS_study):
 
 class nnUNetTrainerMOSMOS_study_noAlign(nnUNetTrainerMOSMOS_study):
     aligning_loss_weight = 0.0
+
+
+class nnUNetTrainerMOSMOS_study_lean(nnUNetTrainerMOSMOS_study):
+    """The lean branch (nnUNetTrainerMOSMOS_lean's three changes); with a checkpoint the decoder takes
+    the checkpoint's sizes, so its arm pre-trains with ``--tag-decoder lean``."""
+    tag_decoder_kwargs = decoder_preset("lean")
+    tag_injection_levels = 2
+    train_prompt_context = False
+
+
+class nnUNetTrainerMOSMOSEncoder_study(StudyBudgetMixin, nnUNetTrainerMOSMOSEncoder):
+    """nnU-Net's own network, encoder from ``$MOSMOS_PRETRAINED``, no tag branch."""
