@@ -80,7 +80,7 @@ class ChaosRunner(Runner):
         self.dataset = f"Dataset{self.dataset_id}_{name}"
         self.spacing_plans = f"nnUNetPlans_{config.spacing:g}mm"
         self.plans = f"{self.spacing_plans}_b{config.batch_size}"
-        self.label_dir = self.out / (f"L{config.labelled}" + ("_pilot" if config.pilot else ""))
+        self.label_dir = self.out / (f"L{config.labelled}_pilot_{self.plans}" if config.pilot else f"L{config.labelled}")
         self.config_file = f"{self.label_dir.name}/study_config.json"
         self.manifest = self.out / "medpix_torso.jsonl"
 
