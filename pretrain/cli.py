@@ -135,9 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args, argv) -> "PretrainConfig":  # noqa: F821
+def config_from_args(args, argv):
     from nnunet_mosmos.tag_decoder import decoder_preset
-    from pretrain.engine import PretrainConfig
+    from pretrain.config import PretrainConfig
 
     return PretrainConfig(
         data=args.data, roco_root=args.roco_root, split=args.split, subset=args.subset, manifest=args.manifest,
@@ -167,21 +167,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--image-size with three values is a 3D patch; drop --dim 2")
     from nnunet_mosmos.checkpoint import CheckpointError
     from nnunet_mosmos.text import TextEncoderError
-    from pretrain.datasets import PairDataError
     from pretrain.engine import PretrainError, run
     from pretrain.export import ExportError
+    from pretrain.pairs import PairDataError
     from pretrain.plans import PlansError
-    from pretrain.roco import RocoLayoutError
-
-    try:
-        from pretrain.ctrate import CTRateLayoutError
-    except ImportError:  # pragma: no cover
-        CTRateLayoutError = RocoLayoutError
+    from pretrain.sources.roco import RocoLayoutError
 
     try:
         return run(config_from_args(args, argv))
-    except (PretrainError, PairDataError, PlansError, RocoLayoutError, CTRateLayoutError, CheckpointError,
-            TextEncoderError, ExportError) as e:
+    except (PretrainError, PairDataError, PlansError, RocoLayoutError, CheckpointError, TextEncoderError,
+            ExportError) as e:  # CT-RATE layout errors are PairDataErrors
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"mosmos-pretrain: error: {e}", file=sys.stderr)
         return 2

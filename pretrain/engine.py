@@ -1,228 +1,54 @@
-"""The pre-training loop: data, DDP, AdamW + warm-up/cosine, logging, atomic resumable state.
+"""The pre-training loop: set up from a config, then train step by step with resumable, atomic saves.
+
+Read top to bottom: :meth:`Trainer.setup` (data, encoder, model, optimizer; every input check before the
+first log line), :meth:`Trainer.train_step` (one optimizer step), :meth:`Trainer.fit` (the loop, logging,
+evaluation, saving, signals). The pieces live in their own modules: ``config`` (PretrainConfig),
+``data`` (pairs -> data sets), ``distributed`` (device, DDP, collectives), ``optim`` (AdamW + schedule),
+``state`` (data order, RNG, last.pt), ``run_folder`` (where files go), ``monitor`` (evaluation, log, plot).
 
 Design points (why):
 - Progress is counted in optimizer *steps*; an epoch is ``len(train) // (batch * world)`` steps.
-  The sample order of epoch e is a pure function of (seed, e), and a sample's augmentation of
-  (seed, e, index), so ``--resume`` restarts mid-epoch on exactly the batch that came next.
-- ``last.pt`` holds model (without the frozen text encoder), optimizer, scheduler, grad scaler,
-  step, every rank's RNG states and the history; it is written atomically every ``--save-every``
-  steps and on SIGINT/SIGTERM, so whatever kills the run, the file is complete.
+- ``last.pt`` is written atomically every ``--save-every`` steps, at the end and on SIGINT/SIGTERM, so
+  whatever kills the run, the file is complete.
 - A signal only sets a flag; the current step finishes, all ranks agree (one all-reduce) and stop
   at the same step, rank 0 saves. A second signal kills at once (the last save is still intact).
-- Evaluation (tag mAP, contrastive loss and retrieval on the held-out split, ``monitor.py``) runs
-  on rank 0 only.
+- Evaluation (tag mAP, contrastive loss and retrieval on the held-out split) runs on rank 0 only.
 """
 from __future__ import annotations
 
-import math
-import os
-import random
 import signal
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from nnunet_mosmos.checkpoint import atomic_torch_save, save_mosmos_checkpoint
 from nnunet_mosmos.tags import TagVocabulary
-from nnunet_mosmos.text import DEFAULT_N_CTX, TextEncoder
-from pretrain.datasets import PairDataset, collate_pairs, describe_source, is_volume, load_pairs, split_pairs
-from pretrain.grounding import OrganGrounding
-from pretrain.label_names import LabelNamesError, load_label_names
+from nnunet_mosmos.text import TextEncoder
+from pretrain.config import OBJECTIVES, PretrainConfig, PretrainError
+from pretrain.data import build_datasets, build_grounding, resolve_dim
+from pretrain.datasets import collate_pairs
+from pretrain.distributed import Runtime, all_gather_object, all_reduce_mean, setup_runtime
 from pretrain.losses import TERMS, PretrainLoss
-from pretrain.monitor import RunLog, evaluate, plot_progress
 from pretrain.model import PretrainModel
-from pretrain.plans import ZSCORE, PlansError, default_output, encoder_spec, find_dataset_folder, load_configuration
-from pretrain.transforms import PairTransform
-
-STATE_FORMAT = "nnunet-mosmos-pretrain-state"
-GRAD_CLIP = 1.0
-#: MOSMOS' own losses are always on (weights may be 0); the others are added with --objective
-OBJECTIVES = ("mosmos", "organ-grounded", "negative-free")
-
-
-@dataclass
-class PretrainConfig:
-    """Everything a run depends on (the CLI fills it; tests may build it directly)."""
-    data: str = "synthetic"
-    roco_root: str | None = None
-    split: str = "train"
-    subset: str = "radiology"
-    manifest: str | None = None
-    text_encoder: str | None = None
-    dataset: str | None = None
-    configuration: str | None = None
-    plans: str = "nnUNetPlans"
-    image_size: list | None = None
-    batch_size: int = 32
-    epochs: int = 10
-    max_steps: int | None = None
-    lr: float = 3e-4
-    weight_decay: float = 0.05
-    warmup_steps: int | None = None
-    contrastive_weight: float = 1.0
-    tag_weight: float = 1.0
-    num_workers: int = 4
-    device: str = "auto"
-    seed: int = 0
-    resume: str | None = None
-    output: str | None = None
-    val_fraction: float = 0.05
-    save_every: int = 500
-    eval_every: int | None = None
-    log_every: int = 10
-    stop_after: int | None = None
-    amp: str = "auto"
-    keep_untagged: bool = False
-    vocabulary: str | None = None
-    embed_dim: int = 256
-    decoder: dict = field(default_factory=dict)
-    n_ctx: int = DEFAULT_N_CTX
-    progress_bar: bool = True
-    command: str = ""
-    # hospital-shaped data (docs/pretraining.md, "3D reports and the extra objectives")
-    ct_rate_root: str | None = None
-    dim: str = "auto"  # "auto", "2" or "3"
-    objectives: list = field(default_factory=lambda: ["mosmos"])
-    organ_weight: float = 1.0
-    negative_free_weight: float = 0.01
-    label_names: str | None = None
-    label_map_key: str | None = None
-    abnormality_dictionary: str | None = None
-    negatives_per_organ: int = 2
-    text_generator: str | None = None
+from pretrain.monitor import RunLog, evaluate, plot_progress
+from pretrain.optim import GRAD_CLIP, lr_lambda, make_optimizer
+from pretrain.pairs import describe_source, split_pairs
+from pretrain.plans import encoder_spec
+from pretrain.run_folder import resolve_output, run_folder
+from pretrain.sources import load_pairs
+from pretrain.state import STATE_FORMAT, ResumableSampler, read_state, rng_state, seed_all, set_rng_state
 
 
-class PretrainError(ValueError):
-    """A run cannot start or continue (bad option, too little data, bad last.pt); message says why."""
-
-
-# --------------------------------------------------------------------------- distributed / device
-@dataclass
-class Runtime:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-    amp_dtype: torch.dtype | None = None
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def ddp(self) -> bool:
-        return self.world > 1
-
-
-def setup_runtime(device: str, amp: str) -> Runtime:
-    """Device from --device (auto: CUDA if available), DDP when launched by torchrun with >1 process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise PretrainError("--device cuda requested but CUDA is not available; use --device cpu")
-        dev = torch.device("cuda", local if world > 1 or dev.index is None else dev.index)
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    amp_dtype = None
-    if dev.type == "cuda" and amp != "off":
-        amp_dtype = torch.float16 if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()) \
-            else torch.bfloat16
-    return Runtime(rank, world, dev, amp_dtype)
-
-
-def _all_reduce_mean(values: list[float], rt: Runtime) -> list[float]:
-    if not rt.ddp:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
-    dist.all_reduce(t)
-    return (t / rt.world).tolist()
-
-
-def _all_gather_object(obj, rt: Runtime) -> list:
-    if not rt.ddp:
-        return [obj]
-    out = [None] * rt.world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-# --------------------------------------------------------------------------- data order
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler that yields ``(index, epoch)`` keys and can skip the first batches."""
-
-    def __init__(self, n: int, world: int, rank: int, seed: int, shuffle: bool = True):
-        super().__init__(range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=shuffle)
-        self.skip = 0
-
-    def set_position(self, epoch: int, skip_samples: int) -> None:
-        self.set_epoch(epoch)
-        self.skip = skip_samples
-
-    def __iter__(self):
-        return iter([(i, self.epoch) for i in list(super().__iter__())[self.skip:]])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.skip
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
-# --------------------------------------------------------------------------- schedule / optimizer
-def lr_lambda(warmup: int, total: int):
-    """Linear warm-up to the base LR over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-    return f
-
-
-def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW; no decay on biases, norms, the prompt context and the temperature (CLIP convention)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or name in ("logit_scale", "prompt.ctx") else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6,
-                             foreach=True)
-
-
-# --------------------------------------------------------------------------- the run
 class Trainer:
     def __init__(self, cfg: PretrainConfig, rt: Runtime):
         self.cfg, self.rt = cfg, rt
         self.spec = encoder_spec(cfg.dataset, cfg.configuration, cfg.plans, cfg.image_size)
         self.output = resolve_output(cfg, self.spec)
-        self.run_dir = self.output.parent / f"{self.output.stem}_run"
+        self.run_dir = run_folder(self.output)
         self.log = RunLog(self.run_dir, rt.main)
         self.stop_signal: int | None = None
 
@@ -241,13 +67,15 @@ class Trainer:
                                  manifest=cfg.manifest, dataset=cfg.dataset, vocabulary=vocab,
                                  keep_untagged=cfg.keep_untagged, ct_rate_root=cfg.ct_rate_root,
                                  allow_missing_text=negative_free)
-        self.dim = resolve_dim(cfg, self.source.pairs, self.spec)
+        self.dim = resolve_dim(cfg, self.source.pairs)
         if self.dim == 3:
             self.spec = encoder_spec(cfg.dataset, cfg.configuration, cfg.plans, cfg.image_size, dim=3)
         train, val = split_pairs(self.source.pairs, cfg.val_fraction, cfg.seed)
         # every input check comes before the first log line: a run refused on its input writes nothing
-        self.grounding = self._grounding(train, vocab) if "organ-grounded" in cfg.objectives else None
-        self.train_set, self.val_set = self._datasets(train, val, vocab, negative_free)
+        organ_grounded = "organ-grounded" in cfg.objectives
+        self.grounding = build_grounding(cfg, self.dim, train, vocab) if organ_grounded else None
+        self.train_set, self.val_set, self.dicom_notes = build_datasets(cfg, self.spec, self.dim, train, val, vocab,
+                                                                        negative_free, organ_grounded)
         self.log(describe_source(self.source))
         self.log(f"Split: {len(train)} training / {len(val)} held-out pairs (--val-fraction {cfg.val_fraction})")
         for note in self.dicom_notes:
@@ -266,12 +94,12 @@ class Trainer:
         self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(500, max(1, self.total_steps // 20))
         self.tag_weight = cfg.tag_weight
 
-        _seed_all(cfg.seed)  # identical initial weights on every rank
+        seed_all(cfg.seed)  # identical initial weights on every rank
         text = TextEncoder(cfg.text_encoder).to(rt.device)
         self.build_training(build_model(self.spec, text, vocab.names, cfg).to(rt.device))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.warmup, self.total_steps))
         self.step, self.history, self.val_history, self.unreadable = 0, [], [], set()
-        _seed_all(cfg.seed + rt.rank)  # dropout differs per rank, as it should
+        seed_all(cfg.seed + rt.rank)  # dropout differs per rank, as it should
         if cfg.resume:
             self._load_state(self._resume_path())
         # organ pairs vary per batch (a batch may have none): DDP must tolerate an unused organ head
@@ -314,90 +142,6 @@ class Trainer:
             terms.append(f"{cfg.negative_free_weight} * barlow-twins (2 views)")
         return " + ".join(terms)
 
-    def _label_names(self) -> dict:
-        try:
-            return self._find_label_names()
-        except LabelNamesError as e:
-            raise PretrainError(str(e)) from None
-
-    def _find_label_names(self) -> dict:
-        cfg = self.cfg
-        if cfg.label_names:
-            return load_label_names(cfg.label_names, cfg.label_map_key)
-        for var in ("nnUNet_raw", "nnUNet_preprocessed"):
-            if cfg.dataset is None:
-                break
-            try:
-                folder = find_dataset_folder(cfg.dataset, (var,))
-            except PlansError:
-                continue
-            if (folder / "dataset.json").is_file():
-                return load_label_names(folder / "dataset.json")
-        raise PretrainError("--objective organ-grounded needs the names of the mask's label values: pass "
-                            "--label-names (nnU-Net dataset.json, a {value: name} JSON, or TotalSegmentator's class "
-                            "map with --label-map-key total) or -d of a dataset whose dataset.json names them")
-
-    def _grounding(self, train, vocab):
-        from nnunet_mosmos.reports import AbnormalityDictionary
-
-        if self.dim != 3:
-            raise PretrainError("--objective organ-grounded pools features inside organ masks of 3D volumes: give "
-                                "manifest rows with a 'mask' column and pre-train in 3D (-c 3d_fullres or --dim 3)")
-        try:
-            dictionary = AbnormalityDictionary.from_json(self.cfg.abnormality_dictionary, vocabulary=vocab) \
-                if self.cfg.abnormality_dictionary else AbnormalityDictionary.default()
-        except ValueError as e:
-            raise PretrainError(str(e)) from None
-        grounding = OrganGrounding(train, self._label_names(), vocab, dictionary, self.cfg.negatives_per_organ,
-                                   seed=self.cfg.seed)
-        if grounding.usable == 0:
-            raise PretrainError("--objective organ-grounded: no training pair has both a mask and a sentence naming "
-                                "one of its organs.\n" + grounding.describe())
-        return grounding
-
-    def _datasets(self, train, val, vocab, two_views: bool):
-        cfg = self.cfg
-        self.dicom_notes = []
-        generator = None
-        if two_views:
-            from nnunet_mosmos.reports import load_text_generator
-
-            try:
-                generator = load_text_generator(cfg.text_generator)
-            except ValueError as e:
-                raise PretrainError(str(e)) from None
-        num_tags = len(vocab)
-        if self.dim == 2:
-            return (PairDataset(train, num_tags, PairTransform(self.spec.image_size, train=True), cfg.seed,
-                                two_views=two_views, text_for_missing=generator, vocabulary=vocab),
-                    PairDataset(val, num_tags, PairTransform(self.spec.image_size, train=False), cfg.seed,
-                                text_for_missing=generator, vocabulary=vocab))
-        from pretrain.volumes import (Normalizer, PatchSampler, VolumePairDataset, check_pair_geometry,
-                                      pick_dicom_series)
-
-        for pair in train + val:  # header reads only: a wrong mask stops the run before step 1
-            if pair.mask is not None:
-                check_pair_geometry(pair.image, pair.mask)
-            if pair.image.is_dir():  # say which series of a DICOM folder is used (the rule: most slices)
-                self.dicom_notes.append(pick_dicom_series(pair.image)[1])
-        norm = self.spec.normalization or {"scheme": ZSCORE, "intensity_properties": None}
-        try:
-            normalizer = Normalizer(norm["scheme"], norm["intensity_properties"])
-        except ValueError as e:
-            raise PretrainError(str(e)) from None
-        names = None  # label value -> name, for generated text ("liver (1510 mL)") and grounding
-        if any(p.mask is not None for p in train):
-            try:
-                names = self._label_names()
-            except PretrainError:
-                if self.grounding is not None:
-                    raise
-                names = None  # generated text then says "label_5"; only organ grounding needs names
-        make = lambda pairs, is_train, views: VolumePairDataset(  # noqa: E731
-            pairs, num_tags, PatchSampler(self.spec.image_size, self.spec.spacing, train=is_train), normalizer,
-            cfg.seed, two_views=views, label_names=names, text_for_missing=generator, vocabulary=vocab)
-        return make(train, True, two_views), make(val, False, False)
-
     def _resume_path(self) -> Path:
         path = self.run_dir / "last.pt" if self.cfg.resume in ("auto", "", True) else Path(self.cfg.resume)
         if not path.is_file():
@@ -406,7 +150,7 @@ class Trainer:
 
     # ---- state
     def _state(self) -> dict:
-        rngs = _all_gather_object(_rng_state(), self.rt)
+        rngs = all_gather_object(rng_state(), self.rt)
         cfg = asdict(self.cfg)
         return {"format": STATE_FORMAT, "version": 1, "model": self.model.trainable_state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -424,12 +168,7 @@ class Trainer:
             dist.barrier()
 
     def _load_state(self, path: Path) -> None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise PretrainError(f"cannot read training state {path}: {e}") from None
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise PretrainError(f"{path} is not a mosmos-pretrain training state (last.pt)")
+        state = read_state(path)
         if (state["steps_per_epoch"], state["total_steps"]) != (self.steps_per_epoch, self.total_steps):
             self.log(f"WARNING: resuming with a different schedule (was {state['total_steps']} steps, "
                      f"{state['steps_per_epoch']} per epoch; now {self.total_steps}, {self.steps_per_epoch})")
@@ -445,7 +184,7 @@ class Trainer:
         self.step, self.history, self.val_history = state["step"], state["history"], state["val_history"]
         self.unreadable = set(state.get("unreadable", []))
         if state["world_size"] == self.rt.world:
-            _set_rng_state(state["rng"][self.rt.rank])
+            set_rng_state(state["rng"][self.rt.rank])
         else:
             self.log(f"WARNING: resuming on {self.rt.world} processes, saved on {state['world_size']}: "
                      "RNG streams restart, the run will not repeat bit for bit")
@@ -515,7 +254,7 @@ class Trainer:
             dist.barrier()
 
     def _log_interval(self, sums: list[float], n: int) -> None:
-        avg = _all_reduce_mean([s / max(n, 1) for s in sums], self.rt)
+        avg = all_reduce_mean([s / max(n, 1) for s in sums], self.rt)
         entry = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": avg[0],
                  **dict(zip(TERMS, avg[1:-1])), "temperature": avg[-1], "lr": self.optimizer.param_groups[0]["lr"]}
         self.history.append(entry)
@@ -597,7 +336,7 @@ class Trainer:
         return 0
 
     def _report_unreadable(self) -> None:
-        gathered = set().union(*_all_gather_object(sorted(self.unreadable), self.rt))
+        gathered = set().union(*all_gather_object(sorted(self.unreadable), self.rt))
         self.unreadable = gathered
         self.log(self.source.skipped.summary("Skipped before training"))
         if gathered:
@@ -612,44 +351,9 @@ def build_model(spec, text: TextEncoder, tag_names: list[str], cfg: PretrainConf
     return PretrainModel(spec, text, tag_names, cfg.embed_dim, cfg.decoder, cfg.n_ctx, objectives=cfg.objectives)
 
 
-def resolve_dim(cfg: PretrainConfig, pairs, spec) -> int:
-    """2 or 3 from ``--dim``. ``auto``: 3 when every pair's image is a volume (or DICOM folder) and the
-    target is 3D (a 3D ``-c``, a 3-value ``--image-size``, or CT-RATE without ``-c``); else 2, which
-    keeps the 2D-twin route (random axial slices, export inflated)."""
-    wanted = str(cfg.dim)
-    if wanted not in ("auto", "2", "3"):
-        raise PretrainError(f"--dim must be auto, 2 or 3, got {cfg.dim!r}")
-    flat = [p for p in pairs if not (is_volume(p.image) or p.image.is_dir())]
-    folders = [p for p in pairs if p.image.is_dir()]
-    if wanted == "2":
-        if folders:
-            raise PretrainError(f"{folders[0].image} is a DICOM folder: DICOM series are read in 3D only (--dim 3)")
-        return 2
-    if wanted == "3":
-        if flat:
-            raise PretrainError(f"--dim 3 needs volumes, but {flat[0].id} points to the 2D image {flat[0].image}; "
-                                "remove 2D rows from the manifest or pre-train in 2D (--dim 2)")
-        return 3
-    if flat or not pairs:
-        if folders:
-            raise PretrainError(f"the data mix 2D images and DICOM folders ({folders[0].image}); pre-train the "
-                                "volumes in 3D (--dim 3) without the 2D rows")
-        return 2
-    if cfg.configuration:
-        cm, _ = load_configuration(cfg.dataset, cfg.configuration, cfg.plans)
-        return 3 if len(cm.patch_size) == 3 else 2
-    if cfg.image_size and len(cfg.image_size) == 3:
-        return 3
-    return 3 if cfg.data == "ct-rate" or folders else 2
-
-
-def resolve_output(cfg: PretrainConfig, spec) -> Path:
-    if cfg.output:
-        return Path(cfg.output)
-    if spec.target:
-        return default_output(spec.target)
-    raise PretrainError("no output file: pass -o/--output FILE.pt, or -d/-c to write to the dataset's "
-                        "$nnUNet_preprocessed/DatasetXXX_Name/mosmos_pretrained/ folder")
+def build_model(spec, text: TextEncoder, tag_names: list[str], cfg: PretrainConfig) -> PretrainModel:
+    """The PretrainModel a run of ``cfg`` trains (encoder of ``spec``, heads of ``cfg.objectives``)."""
+    return PretrainModel(spec, text, tag_names, cfg.embed_dim, cfg.decoder, cfg.n_ctx, objectives=cfg.objectives)
 
 
 def run(cfg: PretrainConfig) -> int:
@@ -661,3 +365,6 @@ def run(cfg: PretrainConfig) -> int:
     finally:
         if rt.ddp and dist.is_initialized():
             dist.destroy_process_group()
+
+
+__all__ = ["PretrainConfig", "PretrainError", "Trainer", "build_model", "run"]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from nnunet_mosmos.tags import TagVocabulary, label_to_tag
-from pretrain.datasets import SkipReport
+from pretrain.pairs import SkipReport
 from pretrain.objectives import MIN_ORGAN_VOXELS
 
 NO_SENTENCE = "organ-grounded: report with no sentence naming an organ of the tag vocabulary"

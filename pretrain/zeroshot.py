@@ -20,7 +20,7 @@ Two scorers, both open-vocabulary (any label name works, not only the pre-traini
 Preprocessing mirrors pre-training. 2D: the volume is z-scored as a whole (``read_image``), each
 axial slice (array axis 0) goes through the deterministic evaluation transform (centre crop to the
 training aspect ratio, resize); the label counts use the same crop. 3D: nnU-Net's normalisation
-scheme (``pretrain.volumes.Normalizer``) and resampling to the checkpoint's spacing, then slabs of patch depth at full in-plane
+scheme (``pretrain.normalization.Normalizer``) and resampling to the checkpoint's spacing, then slabs of patch depth at full in-plane
 extent with a stride of half a patch.
 """
 from __future__ import annotations
@@ -251,8 +251,8 @@ def slice_units(image: np.ndarray, seg: np.ndarray, organs: list[Organ], image_s
 
 
 def _normalizer(spec, intensity_properties):
-    """``pretrain.volumes.Normalizer`` from the checkpoint's spec: a scheme name, or ``Normalizer.as_dict()``."""
-    from pretrain.volumes import Normalizer
+    """``pretrain.normalization.Normalizer`` from the checkpoint's spec: a scheme name, or ``Normalizer.as_dict()``."""
+    from pretrain.normalization import Normalizer
 
     if isinstance(spec, dict):
         return Normalizer(spec.get("scheme", "ZScoreNormalization"),

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nnunet_mosmos.tags import TagVocabulary, extract_tags, find_mentions  # noqa: E402
-from pretrain.roco import read_roco  # noqa: E402
+from pretrain.sources.roco import read_roco  # noqa: E402
 
 #: UMLS CUIs that the ROCO captions carry for organs of the default vocabulary.
 ORGAN_CUIS = {

@@ -2,9 +2,12 @@
 import numpy as np
 import pytest
 
-from pretrain.ctrate import CTRateLayoutError, read_ct_rate, write_ct_rate_like
-from pretrain.datasets import Pair
-from pretrain.volumes import Normalizer, PatchSampler, VolumePairDataset, read_volume
+from pretrain.datasets import VolumePairDataset
+from pretrain.normalization import Normalizer
+from pretrain.pairs import Pair
+from pretrain.patches import PatchSampler
+from pretrain.sources.ctrate import CTRateLayoutError, read_ct_rate, write_ct_rate_like
+from pretrain.volumes import read_volume
 
 SPACING = (3.0, 1.0, 1.0)
 

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from nnunet_mosmos.tags import TagVocabulary, extract_tags
-from pretrain.datasets import (Pair, PairDataError, PairDataset, collate_pairs, describe_source, load_pairs,
-                               split_pairs)
-from pretrain.roco import RocoLayoutError, read_roco_v1
+from pretrain.datasets import PairDataset, collate_pairs
+from pretrain.pairs import Pair, PairDataError, describe_source, split_pairs
+from pretrain.sources import load_pairs
+from pretrain.sources.roco import RocoLayoutError, read_roco_v1
 from pretrain.transforms import PairTransform
 
 ROCO_COPY = Path(__file__).parent / "data" / "roco_ccby"

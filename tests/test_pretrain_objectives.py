@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_mosmos.tags import TagVocabulary
-from pretrain.datasets import Pair
+from pretrain.pairs import Pair
 from pretrain.grounding import NO_MASK, NO_SENTENCE, OrganGrounding
 from pretrain.label_names import LabelNamesError, load_label_names
 from pretrain.losses import PretrainLoss

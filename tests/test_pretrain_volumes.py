@@ -8,10 +8,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pretrain.datasets import Pair, PairDataError
-from pretrain.volumes import (GeometryError, Normalizer, PatchSampler, Volume, VolumePairDataset,
-                              check_pair_geometry, collate_volume_pairs, pick_dicom_series, read_label_map,
-                              read_volume)
+from pretrain.datasets import VolumePairDataset, collate_pairs
+from pretrain.normalization import Normalizer
+from pretrain.pairs import GeometryError, Pair, PairDataError
+from pretrain.patches import PatchSampler
+from pretrain.volumes import Volume, check_pair_geometry, pick_dicom_series, read_label_map, read_volume
 
 SHARED_TS = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator"
 SHAPE, SPACING = (20, 40, 40), (3.0, 1.0, 1.0)  # (z, y, x)
@@ -269,7 +270,7 @@ def test_volume_pair_dataset_items_and_collate(pairs):
     assert replaced["index"] == 2 and replaced["text"] == "normal spleen" and replaced["has_mask"] is False
     assert torch.count_nonzero(replaced["mask"]) == 0 and "broken.nii.gz" in replaced["failed"][0]
 
-    batch = collate_volume_pairs([item, replaced])
+    batch = collate_pairs([item, replaced])
     assert batch["image"].shape == batch["view2"].shape == (2, 1, 8, 16, 16)
     assert batch["mask"].shape == (2, 8, 16, 16) and batch["has_mask"].tolist() == [True, False]
     assert batch["tags"].shape == (2, 3) and batch["index"].tolist() == [0, 2]

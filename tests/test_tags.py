@@ -14,7 +14,7 @@ import pytest
 
 from nnunet_mosmos.tags import (TagVocabulary, class_prompts, extract_tags, find_mentions, label_to_prompt,
                                 label_to_tag)
-from pretrain.roco import RocoLayoutError, RocoRecord, detect_layout, read_roco, read_roco_v1, read_roco_v2
+from pretrain.sources.roco import RocoLayoutError, RocoRecord, detect_layout, read_roco, read_roco_v1, read_roco_v2
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[1]

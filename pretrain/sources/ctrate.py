@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrain.datasets import PairDataError, SkipReport
+from pretrain.pairs import PairDataError, SkipReport
 
 __all__ = ["CTRateLayoutError", "read_ct_rate", "write_ct_rate_like"]
 

@@ -9,8 +9,8 @@ Two public layouts exist and both are read into the same :class:`RocoRecord` lis
 * ROCO v2 (Zenodo): ``<root>/<split>_captions.csv`` (``ID,Caption``), ``<root>/<split>_concepts.csv``
   (``ID,CUIs`` joined by ``;``, may be empty), images in ``<root>/<split>/<ID>.jpg``.
 
-The image data set of the pre-training package builds on these readers; keeping them free of
-torch lets the tag-measuring script and the tests use them cheaply.
+The image data set of the pre-training package builds on these readers (:func:`roco_rows`); keeping
+them free of torch lets the tag-measuring script and the tests use them cheaply.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RocoLayoutError", "RocoRecord", "detect_layout", "read_roco", "read_roco_v1", "read_roco_v2"]
+__all__ = ["RocoLayoutError", "RocoRecord", "detect_layout", "read_roco", "read_roco_v1", "read_roco_v2", "roco_rows"]
 
 V1_SUBSETS = ("radiology", "non-radiology")
 _V1_HELP = ("ROCO v1 layout: <root>/<split>/<radiology|non-radiology>/captions.txt (+ cuis.txt, keywords.txt, "
@@ -71,6 +71,11 @@ def read_roco(root: str | os.PathLike, split: str = "train", subset: str = "radi
             raise ValueError(f"ROCO v2 has only radiology images; subset={subset!r} is not available")
         return read_roco_v2(root, split)
     raise ValueError(f"layout must be 'auto', 'v1' or 'v2', got {layout!r}")
+
+
+def roco_rows(root, split: str, subset: str) -> list[tuple]:
+    """(id, image, caption) rows of a ROCO v1/v2 split, for ``pretrain.pairs.build_pairs``."""
+    return [(r.id, r.image_path, r.caption) for r in read_roco(root, split, subset)]
 
 
 # --------------------------------------------------------------------------- v1
