@@ -127,6 +127,8 @@ class Runner:
         # one thread per run: on a small shared machine, OpenMP threads wait for each other at every
         # barrier (see "Overhead" in docs/benchmarks.md); use --jobs to run several runs at once
         env["OMP_NUM_THREADS"] = "1"
+        env["MOSMOS_STUDY_THREADS"] = "1"  # nnUNetv2_train -device cpu overrides OMP_NUM_THREADS (study trainers)
+        env["OMP_WAIT_POLICY"] = "PASSIVE"  # nnUNetv2_predict also takes cpu_count() threads: let them sleep
         if config.text_encoder:
             env["MOSMOS_TEXT_ENCODER"] = config.text_encoder
         env.pop("MOSMOS_PRETRAINED", None)
