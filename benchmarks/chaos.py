@@ -63,14 +63,20 @@ REFERENCES = (PLAIN, SCRATCH, "mosmos_pretrained")
 @dataclass
 class ChaosConfig(StudyConfig):
     labelled: int = 2
-    spacing: float = 3.0          # in-plane mm of the 2d configuration (CHAOS is 1.25 mm)
-    batch_size: int = 8           # 2d batch (nnU-Net's 5 %-of-data cap would give 3)
+    spacing: float = 4.0          # in-plane mm of the 2d configuration (CHAOS is 1.25 mm): the pilot's choice
+    batch_size: int = 4           # 2d batch (nnU-Net's 5 %-of-data cap gives 3)
+    epochs: int = 32              # x iters = 800 iterations: what fits 75 min for 6 arms x 3 seeds (the pilot)
+    iters: int = 25
+    val_iters: int = 1
     test_cases: tuple = SPLIT["test"]
     pilot: bool = False           # score the pilot cases (choose the budget), never the test cases
     pilot_cases: tuple = SPLIT["pilot"]
     regions: tuple = TORSO_REGIONS
     with_findings: bool = True
-    pretrain_args: list = field(default_factory=lambda: ["--max-steps", "200", "--batch-size", "32"])
+    chaos_root: str | None = None   # None: ../shared/data/chaos_mr
+    medpix_root: str | None = None  # None: ../shared/data/medpix_train
+    pretrain_args: list = field(default_factory=lambda: ["--max-steps", "300", "--batch-size", "32",
+                                                         "--eval-every", "100"])
 
 
 class ChaosRunner(Runner):
@@ -95,9 +101,10 @@ class ChaosRunner(Runner):
     def prepare_data(self) -> None:
         c = self.c
         for n, (dataset_id, name) in DATASETS.items():
-            write_chaos_dataset(self.raw, dataset_id, name, SPLIT["labelled"][:n], c.test_cases, c.pilot_cases)
+            write_chaos_dataset(self.raw, dataset_id, name, SPLIT["labelled"][:n], c.test_cases, c.pilot_cases,
+                                c.chaos_root and Path(c.chaos_root))
         if any(a.pretrain is not None for a in c.arms):
-            write_medpix_manifest(self.manifest, regions=c.regions, with_findings=c.with_findings)
+            write_medpix_manifest(self.manifest, c.medpix_root and Path(c.medpix_root), c.regions, c.with_findings)
         source_id, source_name = DATASETS[PLAN_SOURCE]
         source = self.pre / f"Dataset{source_id}_{source_name}"
         if not (source / f"{self.spacing_plans}.json").is_file():
@@ -175,6 +182,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--text-encoder")
     p.add_argument("--collect", action="store_true", help="run nothing: report the finished runs")
+    p.add_argument("--pretrain-only", action="store_true", help="prepare the data and run the arms' pre-training "
+                   "(every seed), nothing else: pre-training is shared by both label counts and timed apart")
+    p.add_argument("--chaos-root", help="CHAOS folder (image_N/label_N.nii.gz; default ../shared/data/chaos_mr)")
+    p.add_argument("--medpix-root", help="MedPix train folder (default ../shared/data/medpix_train)")
     p.add_argument("--plot", nargs="?", const="", metavar="PNG")
     args = p.parse_args(argv)
     if args.arms and set(args.arms) - set(ALL_ARMS):
@@ -187,13 +198,28 @@ def parse_args(argv=None):
     config = ChaosConfig(output=Path(args.output), arms=arms, seeds=tuple(args.seeds), labelled=args.labelled,
                          epochs=args.epochs, iters=args.iters, val_iters=args.val_iters, spacing=args.spacing,
                          batch_size=args.batch_size, pilot=args.pilot, pretrain_args=shlex.split(args.pretrain_args),
-                         device=args.device, jobs=args.jobs, text_encoder=args.text_encoder)
+                         device=args.device, jobs=args.jobs, text_encoder=args.text_encoder,
+                         chaos_root=args.chaos_root, medpix_root=args.medpix_root)
     if args.pilot:
         config.labelled, config.seeds = 2, (0,)
     if args.quick:
         for key, value in QUICK.items():
             setattr(config, key, value)
     return args, config
+
+
+def pretrain_all(runner: ChaosRunner, t0: float) -> int:
+    """Every (pre-training command, seed) of the arms, ``jobs`` at a time; prints each checkpoint."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runner.check_config()
+    runner.prepare_data()
+    jobs = {(repr(runner.pretrain_command(a)), seed): (a, seed)
+            for seed in runner.c.seeds for a in runner.c.arms if a.pretrain is not None}
+    with ThreadPoolExecutor(max_workers=max(1, runner.c.jobs)) as pool:
+        for ckpt in pool.map(lambda job: runner.pretrained_checkpoint(*job), jobs.values()):
+            print(f"  {ckpt} ({time.time() - t0:.0f} s)", flush=True)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -204,6 +230,8 @@ def main(argv=None) -> int:
     print(f"CHAOS study in {runner.out}: {len(config.arms)} arm(s) x {len(config.seeds)} seed(s), "
           f"{config.labelled} labelled volume(s), plans {runner.plans}; logs in {runner.logs}", flush=True)
     try:
+        if args.pretrain_only:
+            return pretrain_all(runner, t0)
         results = runner.finished_runs() if args.collect else \
             runner.run_all(progress=lambda line: print(line, flush=True))
     except RuntimeError as e:
