@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import json
+
+import numpy as np
 import shlex
 import sys
 import time
@@ -184,6 +186,8 @@ def parse_args(argv=None):
     p.add_argument("--collect", action="store_true", help="run nothing: report the finished runs")
     p.add_argument("--pretrain-only", action="store_true", help="prepare the data and run the arms' pre-training "
                    "(every seed), nothing else: pre-training is shared by both label counts and timed apart")
+    p.add_argument("--report", nargs="?", const="", metavar="PNG", help="run nothing: tables of both label "
+                   "counts (markdown) and, with a file name, the figure")
     p.add_argument("--chaos-root", help="CHAOS folder (image_N/label_N.nii.gz; default ../shared/data/chaos_mr)")
     p.add_argument("--medpix-root", help="MedPix train folder (default ../shared/data/medpix_train)")
     p.add_argument("--plot", nargs="?", const="", metavar="PNG")
@@ -208,6 +212,74 @@ def parse_args(argv=None):
     return args, config
 
 
+ORGANS = {"1": "liver", "2": "right kidney", "3": "left kidney", "4": "spleen"}
+
+
+def report_tables(records: dict[int, dict]) -> str:
+    """Markdown for docs/benchmarks.md from the ``L<n>/study.json`` records: per arm and label count the
+    mean foreground Dice and per-organ Dice (mean ± std over seeds) and the mean time per run, then
+    the paired (same seed) differences against each reference arm."""
+    lines = ["| labelled | arm | seeds | mean Dice ± std | " + " | ".join(ORGANS.values()) + " | s / run |",
+             "|---:|---|---:|---:|" + "---:|" * len(ORGANS) + "---:|"]
+    for n, rec in sorted(records.items()):
+        times = {}
+        for r in rec["runs"]:
+            times.setdefault(r["arm"], []).append(r["total_s"])
+        for name, a in rec["aggregate"]["arms"].items():
+            organs = " | ".join(f"{a['class_dice'][k]:.3f} ± {a['class_dice_std'][k]:.3f}" for k in ORGANS)
+            lines.append(f"| {n} | {name} | {a['n']} | {a['mean']:.3f} ± {a['std']:.3f} | {organs} | "
+                         f"{np.mean(times[name]):.0f} |")
+    for n, rec in sorted(records.items()):
+        for ref, rows in rec["aggregate"]["paired"].items():
+            lines += ["", f"{n} labelled, paired difference {ref.replace('_', ' ', 1)} (same seed): mean ± std, "
+                      "min – max, seeds better", "",
+                      "| arm | Δ mean Dice | min – max | seeds better |", "|---|---:|---:|---:|"]
+            for name, d in rows.items():
+                lines.append(f"| {name} | {d['mean']:+.3f} ± {d['std']:.3f} | {d['min']:+.3f} – {d['max']:+.3f} "
+                             f"| {d['wins']}/{d['n']} |")
+    return "\n".join(lines)
+
+
+def report_figure(records: dict[int, dict], path: Path) -> Path:
+    """One panel per label count: a bar per arm (mean over seeds, ± std) with each seed as a point."""
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(records), figsize=(6.5 * len(records), 4.6), squeeze=False, sharey=True)
+    for ax, (n, rec) in zip(axes[0], sorted(records.items())):
+        arms = rec["aggregate"]["arms"]
+        for i, (name, a) in enumerate(arms.items()):
+            ax.bar(i, a["mean"], yerr=a["std"], color="C0" if "pretrained" in name else "0.7", alpha=0.8,
+                   capsize=4, width=0.7)
+            jitter = np.linspace(-0.18, 0.18, len(a["dice"])) if len(a["dice"]) > 1 else [0.0]
+            ax.scatter(i + np.asarray(jitter), a["dice"], s=16, color="k", zorder=3)
+        ax.set_xticks(range(len(arms)))
+        ax.set_xticklabels([name.replace("_", "\n") for name in arms], fontsize=7)
+        ax.set_title(f"CHAOS MR, {n} labelled volume(s): {len(rec['config']['test_cases'])} test volumes, "
+                     f"{len(rec['config']['seeds'])} seeds", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("mean foreground Dice (nnU-Net evaluation)")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def report(output: Path, figure: Path | None) -> int:
+    records = {n: json.loads((output / f"L{n}" / "study.json").read_text())
+               for n in DATASETS if (output / f"L{n}" / "study.json").is_file()}
+    if not records:
+        print(f"chaos: no L<n>/study.json in {output} yet", file=sys.stderr)
+        return 1
+    print(report_tables(records))
+    if figure:
+        print(f"\nfigure: {report_figure(records, figure)}")
+    return 0
+
+
 def pretrain_all(runner: ChaosRunner, t0: float) -> int:
     """Every (pre-training command, seed) of the arms, ``jobs`` at a time; prints each checkpoint."""
     from concurrent.futures import ThreadPoolExecutor
@@ -225,6 +297,8 @@ def pretrain_all(runner: ChaosRunner, t0: float) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, config = parse_args(argv)
+    if args.report is not None:
+        return report(Path(args.output), Path(args.report) if args.report else None)
     t0 = time.time()
     runner = ChaosRunner(config)
     print(f"CHAOS study in {runner.out}: {len(config.arms)} arm(s) x {len(config.seeds)} seed(s), "

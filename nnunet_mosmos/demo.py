@@ -1,6 +1,6 @@
 """``mosmos-demo``: the whole MOSMOS story, offline, on generated data, with the standard commands.
 
-    synthetic CT + reports -> mosmos-pretrain -> nnUNetv2_plan_and_preprocess
+    synthetic CT + reports -> nnUNetv2_plan_and_preprocess -> mosmos-pretrain (the encoder of those plans)
     -> nnUNetv2_train -tr nnUNetTrainerMOSMOS_demo -> nnUNetv2_predict -> nnUNetv2_evaluate_folder
     -> mosmos-attention (pixel-tag attention figure)
 

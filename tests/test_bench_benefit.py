@@ -136,8 +136,14 @@ def test_run_arm_passes_budget_seed_and_checkpoint_and_resumes(tmp_path, monkeyp
     arm = Arm("mosmos_pretrained", "nnUNetTrainerMOSMOS_study", [])
     result = runner.run_arm(arm, 2)
     train_cmd, env = next(c for c in runner.commands if c[0][0] == "nnUNetv2_train")
-    assert train_cmd[1:] == ["980", "2d", "all", "-tr", "nnUNetTrainerMOSMOS_study", "-device", "cpu"]
+    assert train_cmd[1:] == ["980", "2d", "all", "-tr", "nnUNetTrainerMOSMOS_study", "-p", "nnUNetPlans",
+                             "-device", "cpu"]
     assert env["MOSMOS_STUDY_SEED"] == "2" and env["MOSMOS_STUDY_EPOCHS"] == "3"
+    assert runner.env["MOSMOS_STUDY_THREADS"] == "1"  # nnUNetv2_train -device cpu would take cpu_count()
+    # an arm with its own budget (the pilot) overrides the study's
+    runner.run_arm(Arm("pilot", "nnUNetTrainer_mosmosStudy", budget=(5, 11)), 2)
+    pilot_env = [c[1] for c in runner.commands if c[0][0] == "nnUNetv2_train"][-1]
+    assert (pilot_env["MOSMOS_STUDY_EPOCHS"], pilot_env["MOSMOS_STUDY_ITERS"]) == ("5", "11")
     assert env["MOSMOS_STUDY_ITERS"] == "7" and Path(env["MOSMOS_PRETRAINED"]).is_file()
     assert env["nnUNet_results"] == str(tmp_path / "runs" / "mosmos_pretrained" / "seed2" / "results")
     assert result["mean_dice"] == 0.5 and result["seed"] == 2

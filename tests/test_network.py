@@ -138,3 +138,96 @@ def test_network_compiles_as_one_graph_for_training_and_inference():
     with torch.no_grad():
         compiled = torch.compile(net, backend="aot_eager", fullgraph=True)(x)
         assert torch.allclose(compiled[0], net(x)[0], atol=1e-5)
+
+
+# --------------------------------------------------------------------------- map semantics
+def test_rescaled_maps_are_mean_one_and_uniform_attention_is_one_everywhere():
+    from nnunet_mosmos.tag_decoder import rescaled_maps
+
+    uniform = torch.full((2, 3, 4, 5), 1 / 20)
+    assert torch.allclose(rescaled_maps(uniform), torch.ones(2, 3, 4, 5))
+    peaked = torch.softmax(torch.randn(2, 3, 4, 5).flatten(2) * 3, -1).reshape(2, 3, 4, 5)
+    maps = rescaled_maps(peaked, (8, 10))
+    assert maps.shape == (2, 3, 8, 10)
+    assert torch.allclose(maps.mean((2, 3)), torch.ones(2, 3), atol=1e-5)  # bilinear x2 keeps the mean
+
+
+@pytest.mark.parametrize("levels", [None, 1, 2])
+def test_injection_adds_the_rescaled_maps_to_exactly_the_injected_skips(levels):
+    from nnunet_mosmos.tag_decoder import rescaled_maps
+
+    cm, _, net = _pair(2, False)
+    cfg = TagBranchConfig(**{**net.branch_config.to_dict(), "inject_levels": levels})
+    net = MOSMOSNetwork(build_plain_network(cm, 1, 4, True), cfg)
+    branch, stage = net.tag_branch, cfg.stage
+    expected_stages = list(range(stage + 1)) if levels is None else list(range(stage + 1 - levels, stage + 1))
+    assert branch.stages == expected_stages == cfg.injected_stages()
+    assert len(branch.injections) == len(expected_stages)
+    with torch.no_grad():
+        for conv in branch.injections:  # every output channel := sum of the K maps
+            conv.weight.fill_(1.0)
+            conv.bias.zero_()
+    skips = [torch.zeros(1, c, 32 // 2 ** j, 32 // 2 ** j) for j, c in enumerate(net.encoder.output_channels)]
+    attention = torch.softmax(torch.randn(1, 3, *skips[stage].shape[2:]).flatten(2), -1).reshape(1, 3, *skips[stage].shape[2:])
+    out = branch.inject(skips, attention)
+    for j, s in enumerate(out):
+        if j in expected_stages:
+            want = rescaled_maps(attention, s.shape[2:]).sum(1, keepdim=True).expand_as(s)
+            assert torch.allclose(s, want, atol=1e-5), j
+        else:
+            assert torch.equal(s, skips[j]), j
+
+
+def test_lean_branch_is_still_an_exact_no_op_at_init_and_has_fewer_parameters():
+    from nnunet_mosmos.tag_decoder import decoder_preset
+
+    cm, plain, full = _pair(2, False, ds=False)
+    lean_cfg = TagBranchConfig(num_tags=3, text_dim=16, stage=full.branch_config.stage, inject_levels=2,
+                               **decoder_preset("lean"))
+    lean = MOSMOSNetwork(build_plain_network(cm, 1, 4, False), lean_cfg)
+    lean.load_state_dict(plain.state_dict(), strict=False)
+    lean.tag_branch.tag_embeddings.normal_()
+    x = torch.randn(2, 1, *cm.patch_size)
+    plain.eval(), lean.eval()
+    with torch.no_grad():
+        assert torch.equal(plain(x), lean(x))
+    assert lean.tag_branch.decoder.config["num_layers"] == 1 and lean.tag_branch.decoder.d_model == 128
+    assert set(lean.state_dict()) - set(plain.state_dict()) >= {"tag_branch.injections.0.weight",
+                                                              "tag_branch.injections.1.weight"}
+    assert "tag_branch.injections.2.weight" not in lean.state_dict()
+
+
+def test_tag_maps_are_what_the_decoder_is_fed():
+    from nnunet_mosmos.tag_decoder import rescaled_maps
+
+    cm, _, net = _pair(2, False)
+    net.eval()
+    x = torch.randn(1, 1, *cm.patch_size)
+    with torch.no_grad():
+        logits, maps = net.tag_maps(x)
+        skips = net.encoder(x)
+        tags = net.tags(skips)
+    assert maps.shape == (1, 3, *cm.patch_size)
+    assert torch.allclose(logits, tags.logits)
+    assert torch.allclose(maps, rescaled_maps(tags.attention, cm.patch_size))
+
+
+def test_invalid_inject_levels_is_a_clear_error():
+    cm, _, net = _pair(2, False)
+    cfg = TagBranchConfig(**{**net.branch_config.to_dict(), "inject_levels": 0})
+    with pytest.raises(ValueError, match="inject_levels must be >= 1"):
+        MOSMOSNetwork(build_plain_network(cm, 1, 4, True), cfg)
+
+
+def test_branch_defaults_have_one_source():
+    """The trainer, the network config and pre-training take the tag-branch sizes from the same constants."""
+    from nnunet_mosmos.encoders import DEFAULT_TAG_STRIDE
+    from nnunet_mosmos.tag_decoder import DECODER_PRESETS, DEFAULT_DECODER_PRESET
+    from nnunet_mosmos.text import DEFAULT_CONTEXT_INIT, DEFAULT_N_CTX
+    from nnunet_mosmos.training import nnUNetTrainerMOSMOS
+
+    default = DECODER_PRESETS[DEFAULT_DECODER_PRESET]
+    assert nnUNetTrainerMOSMOS.tag_decoder_kwargs == default
+    assert TagBranchConfig(num_tags=1, text_dim=8, stage=0).decoder_kwargs() == default
+    assert (nnUNetTrainerMOSMOS.n_ctx, nnUNetTrainerMOSMOS.context_init) == (DEFAULT_N_CTX, DEFAULT_CONTEXT_INIT)
+    assert nnUNetTrainerMOSMOS.tag_branch_stride == DEFAULT_TAG_STRIDE
