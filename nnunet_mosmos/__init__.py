@@ -17,12 +17,3 @@ def ext_trainer_value(existing: str | None) -> str:
     if EXT_DIR not in parts:
         parts.append(EXT_DIR)
     return os.pathsep.join(parts)
-
-
-def register_ext_trainer_dir() -> str:
-    """Append :data:`EXT_DIR` to ``nnUNet_extTrainer`` in this process (idempotent).
-
-    nnU-Net reads the variable lazily, so calling this after importing nnunetv2 still works.
-    """
-    os.environ["nnUNet_extTrainer"] = ext_trainer_value(os.environ.get("nnUNet_extTrainer"))
-    return os.environ["nnUNet_extTrainer"]

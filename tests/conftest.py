@@ -12,15 +12,18 @@ if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 from tiny_text_encoder import make_tiny_text_encoder  # noqa: E402
 
-SHARED_DATA = REPO.parent / "shared" / "data"
-
 
 @pytest.fixture(scope="session")
-def tiny_text_encoder(tmp_path_factory) -> Path:
+def tiny_text_encoder(tmp_path_factory):
     """Folder of a tiny random BERT; also exported as MOSMOS_TEXT_ENCODER for the whole session."""
     folder = make_tiny_text_encoder(tmp_path_factory.mktemp("tiny_bert"))
+    before = os.environ.get("MOSMOS_TEXT_ENCODER")
     os.environ["MOSMOS_TEXT_ENCODER"] = str(folder)
-    return folder
+    yield folder
+    if before is None:  # leave the environment as the session found it
+        os.environ.pop("MOSMOS_TEXT_ENCODER", None)
+    else:
+        os.environ["MOSMOS_TEXT_ENCODER"] = before
 
 
 @pytest.fixture
