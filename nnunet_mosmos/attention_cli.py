@@ -42,18 +42,23 @@ def main(argv=None) -> int:
     p.add_argument("--no-png", action="store_true", help="skip the PNG overlays")
     args = p.parse_args(argv)
     from nnunet_mosmos import attention
+    from nnunet_mosmos.io_checks import check_output_folder
+
+    def log(msg):
+        print(f"mosmos-attention: {msg}", file=sys.stderr)
 
     try:
+        check_output_folder(args.output)  # before any work; the inputs are checked before anything is written
         if args.model_folder:
             import json
             ending = json.loads((Path(args.model_folder) / "dataset.json").read_text())["file_ending"]
             written = attention.model_folder_maps(args.model_folder, _cases(args.input, ending), args.output,
-                                                  args.fold, args.checkpoint_name, args.device, not args.no_png)
+                                                  args.fold, args.checkpoint_name, args.device, not args.no_png, log)
             print(f"wrote {len(written)} files to {args.output}")
         else:
             files = [c[0] for c in _cases(args.input, ".nii.gz")] if Path(args.input[0]).is_dir() else args.input
             results = attention.pretrained_maps(args.checkpoint, files, args.output, args.text_encoder,
-                                                args.device, not args.no_png)
+                                                args.device, not args.no_png, log=log)
             for name, probs in results.items():
                 top = sorted(probs.items(), key=lambda kv: -kv[1])[:5]
                 print(f"{name}: " + ", ".join(f"{t} {v:.2f}" for t, v in top))

@@ -7,25 +7,36 @@ does not fit. Everything is plain tensors / lists / dicts / str / numbers, so th
 ``torch.load(..., weights_only=True, map_location="cpu")``: no pickled classes, no GPU needed, no
 code execution when opening a file someone sent you.
 
-Payload (version 1)::
+Payload (version 2)::
 
-    format: "nnunet-mosmos-checkpoint"   version: 1
+    format: "nnunet-mosmos-checkpoint"   version: 2
     encoder:      {arch_class_name, arch_kwargs (plans style, op names as strings),
-                   arch_kwargs_req_import, input_channels, dim, state_dict}   # keys of ``net.encoder``
-    encoder_3d:   same structure, inflated for a 3D configuration (optional)
+                   arch_kwargs_req_import, input_channels, dim (2, or 3 for a natively 3D
+                   pre-training), state_dict}                             # keys of ``net.encoder``
+    encoder_3d:   same structure, inflated for a 3D configuration pre-trained as its 2D twin (optional)
     tag_decoder:  {config (TagDecoder kwargs), stage, state_dict}
     prompt_context: tensor n_ctx x text_dim
     text_encoder: {name_or_path, dim, trained: False}
     vocabulary:   [tag names, in query order]
-    preprocessing:{channels, normalization: "zscore-per-image", image_size}
-    provenance:   {data, steps, epochs, history, loss_weights, seed, code_version, command, date,
+    preprocessing: 2D {channels, dim: 2, normalization: "zscore-per-image", use_mask_for_norm, image_size}
+                   3D {channels, dim: 3, image_size (patch), spacing, normalization (nnU-Net scheme),
+                       use_mask_for_norm, intensity_properties}
+    provenance:   {data, pairs: {train, val, skipped, unreadable, constant}, steps, epochs, history,
+                   val_history, loss_weights, objectives, optimizer, seed, code_version, command, date,
                    nnunet: {dataset, plans, configuration, input_channels} or None}
     projections:  {image: state_dict, text: state_dict, temperature, embed_dim} (optional, for zero-shot use)
+
+Versions: 1 had no ``preprocessing.dim`` / ``use_mask_for_norm`` (2D, z-score over the whole image)
+and no natively 3D encoder; 2 added them, so that fine-tuning and zero-shot normalise as the
+pre-training did. Version-1 files are still read (the missing entries mean what version 1 did); a
+reader older than the file refuses it instead of guessing.
 """
 from __future__ import annotations
 
 import os
 import pickle
+import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -33,7 +44,7 @@ import torch
 from torch import nn
 
 FORMAT = "nnunet-mosmos-checkpoint"
-VERSION = 1
+VERSION = 2  # see the module docstring for what each version holds
 _HOW_TO_MAKE = ("Make one with `mosmos-pretrain ... -o FILE.pt` (see docs/pretraining.md); "
                 "inspect a file with `mosmos-inspect FILE.pt`.")
 
@@ -70,16 +81,33 @@ def locate_checkpoint(preprocessed_dataset_folder: str | None, plans: str, confi
 
 
 # --------------------------------------------------------------------------- writing
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic set-and-restore
+    os.umask(mask)
+    return mask
+
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``.
 
     A crash or a second Ctrl-C mid-write leaves the previous file (or none), never a truncated one.
+    The file gets the mode a plain ``torch.save`` would give it (``mkstemp``'s temp file is 0600):
+    the replaced file's mode, else 0666 minus the umask, like nnU-Net's own checkpoints.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
@@ -105,18 +133,39 @@ def load_mosmos_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file. {_HOW_TO_MAKE}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): a copy or a save that did not finish. Copy it again, "
+                              f"or write a new one. {_HOW_TO_MAKE}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch words every refusal "Weights only load failed"; only a pickled class is named as a GLOBAL
+        # (or a blocked module): anything else is a cut or foreign file
+        found = re.search(r"GLOBAL (\S+) was not an allowed global|whose module (\S+) is blocked", str(e))
+        if not found:
+            raise _unreadable(path, e) from None
         raise CheckpointError(
             f"{path} is not a MOSMOS checkpoint: it holds Python objects beyond tensors and plain "
-            f"containers ({str(e).splitlines()[0][:200]}). A plain nnU-Net checkpoint (checkpoint_final.pth) "
+            f"containers ({found.group(1) or found.group(2)}). A plain nnU-Net checkpoint (checkpoint_final.pth) "
             f"belongs to nnU-Net's -pretrained_weights, not here. {_HOW_TO_MAKE}") from None
+    except (PermissionError, IsADirectoryError) as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or _first_line(e)}") from None
     except Exception as e:  # noqa: BLE001 - torch raises anything from KeyError to RuntimeError on garbage
-        raise CheckpointError(f"{path} is not a readable PyTorch file (truncated or not a .pt?): "
-                              f"{str(e).splitlines()[0][:200]}. {_HOW_TO_MAKE}") from None
+        raise _unreadable(path, e) from None
     validate_checkpoint(ckpt, source=str(path))
     return ckpt
+
+
+def _unreadable(path: Path, error: BaseException) -> CheckpointError:
+    return CheckpointError(f"{path} ({path.stat().st_size} bytes) is not a readable PyTorch file: truncated (a copy "
+                           f"or save cut short: copy it again) or not a .pt at all ({_first_line(error)}). "
+                           f"{_HOW_TO_MAKE}")
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an exception's text, or its type when it has none (torch's EOFError on a cut file)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
 
 
 def _is_state_dict(obj) -> bool:
@@ -233,12 +282,10 @@ def fit_encoder_state(source: dict, target: dict, source_channels: int | None = 
 
 def build_encoder(entry: dict, num_output_channels: int = 2) -> nn.Module:
     """The ``.encoder`` module described by a checkpoint's ``encoder``/``encoder_3d`` entry."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunet_mosmos.encoders import network_from_architecture
 
-    net = get_network_from_plans(entry["arch_class_name"], entry["arch_kwargs"], entry["arch_kwargs_req_import"],
-                                 entry["input_channels"], num_output_channels, allow_init=True,
-                                 deep_supervision=False)
-    return net.encoder
+    return network_from_architecture(entry["arch_class_name"], entry["arch_kwargs"], entry["arch_kwargs_req_import"],
+                                     entry["input_channels"], num_output_channels).encoder
 
 
 def recognition_modules(ckpt: dict, device="cpu") -> tuple[nn.Module, nn.Module]:

@@ -69,16 +69,41 @@ def fit_encoder(encoder: torch.nn.Module, ckpt: dict) -> tuple[dict, dict]:
     return fit_encoder_state(entry["state_dict"], encoder.state_dict(), entry.get("input_channels"))
 
 
-def load_pretrained_encoder(encoder: torch.nn.Module, ckpt: dict, source_name: str = "checkpoint",
-                            fix: str = "") -> dict:
-    """Load the checkpoint's encoder into nnU-Net's ``encoder`` (whole, or raise); the report."""
+def fit_configuration(ckpt: dict, configuration_manager, num_input_channels: int) -> tuple[torch.nn.Module, dict, dict]:
+    """``(encoder, state, report)``: the encoder nnU-Net builds for this configuration and the checkpoint
+    mapped onto it (nothing loaded). Cheap (no data, no optimizer), so the trainers check the fit in
+    ``__init__``, before nnU-Net builds anything, and ``mosmos-inspect -d -c`` gives the same verdict.
+    The random-number state is restored, so a seeded run initialises its real network as it would without
+    this check."""
+    from nnunet_mosmos.encoders import build_plain_network
+
+    with torch.random.fork_rng(devices=[]):
+        encoder = build_plain_network(configuration_manager, num_input_channels, 2, deep_supervision=False).encoder
     state, report = fit_encoder(encoder, ckpt)
+    return encoder, state, report
+
+
+def refit_hint(dataset_name: str, configuration: str, plans_name: str, instead: str | None = None) -> str:
+    """The fix for a checkpoint of another topology: pre-train for this very configuration."""
+    return (f"pre-train for it with `mosmos-pretrain -d {dataset_name} -c {configuration} -p {plans_name}`"
+            + (f", or train without it ({instead})" if instead else ""))
+
+
+def require_fit(report: dict, source_name: str = "checkpoint", fix: str = "") -> None:
+    """:class:`PretrainedMismatchError` naming the file, what does not fit and the fix, unless it fits."""
     problem = misfit(report)
     if problem:
         raise PretrainedMismatchError(
             f"{source_name} does not fit this network's encoder ({problem}). It was pre-trained for another "
             "topology: " + (fix or "run `mosmos-pretrain -d <this dataset> -c <this configuration>` so the "
                             "encoder is built from the same nnU-Net plans") + ".")
+
+
+def load_pretrained_encoder(encoder: torch.nn.Module, ckpt: dict, source_name: str = "checkpoint",
+                            fix: str = "") -> dict:
+    """Load the checkpoint's encoder into nnU-Net's ``encoder`` (whole, or raise); the report."""
+    state, report = fit_encoder(encoder, ckpt)
+    require_fit(report, source_name, fix)
     encoder.load_state_dict(state, strict=True)
     return report
 

@@ -14,24 +14,30 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple
 
 __all__ = [
+    "ENV_PROMPTS",
     "AmbiguousTerm",
     "TagMention",
     "TagSpec",
     "TagVocabulary",
+    "UninformativeLabelWarning",
     "class_prompts",
     "extract_tags",
     "find_mentions",
     "label_to_prompt",
     "label_to_tag",
+    "uninformative_prompts",
 ]
 
 DEFAULT_VOCABULARY_PATH = Path(__file__).resolve().parent / "data" / "organ_tags.json"
+#: the environment variable through which nnUNetv2_train users give the prompt override file
+ENV_PROMPTS = "MOSMOS_PROMPTS"
 VOCABULARY_FORMAT = "mosmos-tag-vocabulary"
 
 
@@ -524,11 +530,35 @@ def _load_override(override: str | os.PathLike | Mapping) -> tuple[dict, str]:
     return dict(data), source
 
 
+class UninformativeLabelWarning(UserWarning):
+    """Label names such as "1" or "label_3" became prompts that name no organ."""
+
+
+#: words that name no organ: placeholders of exported label maps ("label_3", "class 2", "ROI 1", "Segment_1")
+_NO_ORGAN_WORDS = {"label", "labels", "lbl", "class", "classes", "cls", "structure", "region", "roi", "object",
+                   "mask", "seg", "segment", "segmentation", "foreground", "fg", "target", "organ", "area", "part",
+                   "other", "unknown", "misc", "value", "id", "index", "number", "no", "nr", "num", "of", "the",
+                   "and", "or", *_SIDES, *_ORDINALS}
+
+
+def uninformative_prompts(prompts: Mapping[str, str]) -> list[str]:
+    """The label names whose prompt (``{label name: prompt}``) holds no word that could name an organ:
+    only numbers, single letters, sides, ordinals and placeholders such as "label" or "class"."""
+    def informative(word: str) -> bool:
+        return len(word) > 1 and not word.isdigit() and word.lower() not in _NO_ORGAN_WORDS
+
+    return [name for name, prompt in prompts.items()
+            if not any(informative(w) for w in re.findall(r"[^\W_]+", prompt))]
+
+
 def class_prompts(labels: Mapping, override: str | os.PathLike | Mapping | None = None) -> list[str]:
     """One text prompt per foreground class of a ``dataset.json`` ``labels`` dict, in output order.
 
     ``override`` (a JSON file or a dict, label name -> text) wins over the automatic prompt, so
-    a cryptic label ("L3") can be described without renaming the data set.
+    a cryptic label ("L3") can be described without renaming the data set. Automatic prompts that
+    name no organ ("1", "label_3" -> "third label") give one :class:`UninformativeLabelWarning`
+    naming the labels and the fix: the text encoder would otherwise embed digits and placeholders,
+    and the branch would run with queries that say nothing about the organ.
     """
     classes = _foreground(labels)
     overrides: dict = {}
@@ -538,7 +568,16 @@ def class_prompts(labels: Mapping, override: str | os.PathLike | Mapping | None 
         if unknown:
             raise ValueError(f"{source} names {unknown}, which are not foreground labels of this data "
                              f"set; valid names: {[name for name, _ in classes]}")
-    return [overrides[name].strip() if name in overrides else label_to_prompt(name) for name, _ in classes]
+    automatic = {name: label_to_prompt(name) for name, _ in classes if name not in overrides}
+    vague = uninformative_prompts(automatic)
+    if vague:
+        example = json.dumps({name: "<organ name>" for name in vague[:2]})
+        warnings.warn(
+            f"label name(s) {vague} in dataset.json name no organ, so their text prompts "
+            f"{[automatic[n] for n in vague]} tell the text encoder nothing; give each class its organ in a JSON "
+            f"file label name -> prompt text, e.g. {example}, and point {ENV_PROMPTS} at it (or pass it as "
+            "class_prompts(..., override=PATH))", UninformativeLabelWarning, stacklevel=2)
+    return [overrides[name].strip() if name in overrides else automatic[name] for name, _ in classes]
 
 
 #: Words a class name may carry around its organ and still *be* that organ.

@@ -34,6 +34,7 @@ class PretrainConfig:
     device: str = "auto"
     seed: int = 0
     resume: str | None = None
+    overwrite: bool = False  # start over an earlier run with the same output (else refused)
     output: str | None = None
     val_fraction: float = 0.05
     save_every: int = 500
@@ -47,6 +48,7 @@ class PretrainConfig:
     decoder: dict = field(default_factory=dict)
     n_ctx: int = DEFAULT_N_CTX
     progress_bar: bool = True
+    report_cache: bool = True  # the frozen text encoder's features cached per caption (pretrain/text_cache.py)
     command: str = ""
     # hospital-shaped data (docs/pretraining.md, "3D reports and the extra objectives")
     ct_rate_root: str | None = None

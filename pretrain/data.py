@@ -103,20 +103,21 @@ def build_datasets(cfg: PretrainConfig, spec, dim: int, train: list[Pair], val: 
         except ValueError as e:
             raise PretrainError(str(e)) from None
     num_tags = len(vocab)
-    if dim == 2:
+    norm = spec.normalization or {"scheme": ZSCORE, "intensity_properties": None}
+    if dim == 2:  # z-score per image (per volume for slices), inside the non-zero region if the plans say so
+        normalize = Normalizer(ZSCORE, use_mask_for_norm=True) if norm.get("use_mask_for_norm") else None
         return (PairDataset(train, num_tags, PairTransform(spec.image_size, train=True), cfg.seed,
-                            two_views=two_views, text_for_missing=generator, vocabulary=vocab),
+                            two_views=two_views, text_for_missing=generator, vocabulary=vocab, normalize=normalize),
                 PairDataset(val, num_tags, PairTransform(spec.image_size, train=False), cfg.seed,
-                            text_for_missing=generator, vocabulary=vocab), [])
+                            text_for_missing=generator, vocabulary=vocab, normalize=normalize), [])
     notes = []
     for pair in train + val:  # header reads only: a wrong mask stops the run before step 1
         if pair.mask is not None:
             check_pair_geometry(pair.image, pair.mask)
         if pair.image.is_dir():  # say which series of a DICOM folder is used (the rule: most slices)
             notes.append(pick_dicom_series(pair.image)[1])
-    norm = spec.normalization or {"scheme": ZSCORE, "intensity_properties": None}
     try:
-        normalizer = Normalizer(norm["scheme"], norm["intensity_properties"])
+        normalizer = Normalizer(norm["scheme"], norm["intensity_properties"], norm.get("use_mask_for_norm", False))
     except ValueError as e:
         raise PretrainError(str(e)) from None
     names = None  # label value -> name, for generated text ("liver (1510 mL)") and grounding

@@ -25,22 +25,23 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from nnunet_mosmos.checkpoint import atomic_torch_save, save_mosmos_checkpoint
+from nnunet_mosmos.checkpoint import save_mosmos_checkpoint
 from nnunet_mosmos.tags import TagVocabulary
 from nnunet_mosmos.text import TextEncoder
 from pretrain.config import OBJECTIVES, PretrainConfig, PretrainError
 from pretrain.data import build_datasets, build_grounding, resolve_dim
 from pretrain.datasets import collate_pairs
-from pretrain.distributed import Runtime, all_gather_object, all_reduce_mean, setup_runtime
+from pretrain.distributed import Runtime, all_gather_object, all_reduce_mean, broadcast_object, setup_runtime
 from pretrain.losses import TERMS, PretrainLoss
 from pretrain.model import PretrainModel
 from pretrain.monitor import RunLog, evaluate, plot_progress
 from pretrain.optim import GRAD_CLIP, lr_lambda, make_optimizer
 from pretrain.pairs import describe_source, split_pairs
-from pretrain.plans import encoder_spec
-from pretrain.run_folder import resolve_output, run_folder
+from pretrain.plans import check_input_size, encoder_spec
+from pretrain.run_folder import RunFolder, check_output, resolve_output
 from pretrain.sources import load_pairs
 from pretrain.state import STATE_FORMAT, ResumableSampler, read_state, rng_state, seed_all, set_rng_state
+from pretrain.text_cache import ReportEmbeddingCache
 
 
 class Trainer:
@@ -48,13 +49,35 @@ class Trainer:
         self.cfg, self.rt = cfg, rt
         self.spec = encoder_spec(cfg.dataset, cfg.configuration, cfg.plans, cfg.image_size)
         self.output = resolve_output(cfg, self.spec)
-        self.run_dir = run_folder(self.output)
+        self.folder = RunFolder(self.output)
+        self.run_dir = self.folder.path
         self.log = RunLog(self.run_dir, rt.main)
         self.stop_signal: int | None = None
 
+    def on_main(self, fn, *args):
+        """``fn(*args)`` on rank 0 only, its result on every rank. When it fails, every rank stops with it
+        (rank 0 with the error itself, the others with its message) instead of waiting at the next collective."""
+        outcome, error = None, None
+        if self.rt.main:
+            try:
+                outcome = ("ok", fn(*args))
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks were told
+                error, outcome = e, ("error", str(e))
+        kind, value = broadcast_object(outcome, self.rt)
+        if error is not None:
+            raise error
+        if kind == "error":
+            raise PretrainError(f"rank 0: {value}")
+        return value
+
     # ---- setup
     def setup(self) -> None:
+        """Every check first (output, data, sizes, schedule, resume), then the lock and the first log line:
+        a run refused on its input writes nothing."""
         cfg, rt = self.cfg, self.rt
+        if cfg.resume and cfg.overwrite:
+            raise PretrainError("--resume continues the earlier run and --overwrite discards it: choose one")
+        self.on_main(check_output, self.output)
         unknown = sorted(set(cfg.objectives) - set(OBJECTIVES))
         if unknown:
             raise PretrainError(f"unknown --objective {unknown}; choose from {list(OBJECTIVES)}")
@@ -70,20 +93,13 @@ class Trainer:
         self.dim = resolve_dim(cfg, self.source.pairs)
         if self.dim == 3:
             self.spec = encoder_spec(cfg.dataset, cfg.configuration, cfg.plans, cfg.image_size, dim=3)
+        check_input_size(self.spec, "--image-size" if cfg.image_size else "the configuration's patch size")
         train, val = split_pairs(self.source.pairs, cfg.val_fraction, cfg.seed)
-        # every input check comes before the first log line: a run refused on its input writes nothing
         organ_grounded = "organ-grounded" in cfg.objectives
         self.grounding = build_grounding(cfg, self.dim, train, vocab) if organ_grounded else None
         self.train_set, self.val_set, self.dicom_notes = build_datasets(cfg, self.spec, self.dim, train, val, vocab,
                                                                         negative_free, organ_grounded)
-        self.log(describe_source(self.source))
-        self.log(f"Split: {len(train)} training / {len(val)} held-out pairs (--val-fraction {cfg.val_fraction})")
-        for note in self.dicom_notes:
-            self.log(note)
-        if self.grounding is not None:
-            self.log(self.grounding.describe())
-        per_rank = len(train) // rt.world
-        self.steps_per_epoch = per_rank // cfg.batch_size
+        self.steps_per_epoch = len(train) // rt.world // cfg.batch_size
         if self.steps_per_epoch < 1:
             raise PretrainError(f"{len(train)} training pairs are too few for --batch-size {cfg.batch_size} on "
                                 f"{rt.world} process(es); lower --batch-size (or --val-fraction)")
@@ -93,15 +109,26 @@ class Trainer:
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(500, max(1, self.total_steps // 20))
         self.tag_weight = cfg.tag_weight
+        resume_from = self._resume_path() if cfg.resume else None
+
+        notes = self.on_main(self.folder.claim, bool(cfg.resume), cfg.overwrite)  # the first write
+        for line in notes:
+            self.log(line)
+        self.log(describe_source(self.source))
+        self.log(f"Split: {len(train)} training / {len(val)} held-out pairs (--val-fraction {cfg.val_fraction})")
+        for note in self.dicom_notes:
+            self.log(note)
+        if self.grounding is not None:
+            self.log(self.grounding.describe())
 
         seed_all(cfg.seed)  # identical initial weights on every rank
         text = TextEncoder(cfg.text_encoder).to(rt.device)
         self.build_training(build_model(self.spec, text, vocab.names, cfg).to(rt.device))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.warmup, self.total_steps))
-        self.step, self.history, self.val_history, self.unreadable = 0, [], [], set()
+        self.step, self.history, self.val_history, self.unreadable, self.constant = 0, [], [], set(), set()
         seed_all(cfg.seed + rt.rank)  # dropout differs per rank, as it should
-        if cfg.resume:
-            self._load_state(self._resume_path())
+        if resume_from is not None:
+            self._load_state(resume_from)
         # organ pairs vary per batch (a batch may have none): DDP must tolerate an unused organ head
         self.net = torch.nn.parallel.DistributedDataParallel(
             self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
@@ -116,6 +143,9 @@ class Trainer:
         if self.dim == 3:
             self.log(f"Volumes: spacing {self.spec.spacing or 'native (no resampling)'}, normalisation "
                      f"{self.train_set.normalizer.describe()}")
+        else:
+            self.log("Images: z-score per image (per volume for slices)" + (
+                ", inside the non-zero region (the plans' use_mask_for_norm)" if self.train_set.normalize else ""))
         self.log(f"Text encoder {text.name_or_path} (frozen, dim {text.dim}); {n_params / 1e6:.2f} M trainable "
                  f"parameters; {rt.world} process(es) on {rt.device}, amp {rt.amp_dtype}")
         self.log(f"Schedule: {self.total_steps} steps ({self.steps_per_epoch} per epoch), warm-up {self.warmup}, "
@@ -150,22 +180,42 @@ class Trainer:
 
     # ---- state
     def _state(self) -> dict:
-        rngs = all_gather_object(rng_state(), self.rt)
+        cache = self.model.report_cache
+        ranks = all_gather_object({"rng": rng_state(), "report_cache": len(cache) if cache else 0}, self.rt)
+        rngs = [r["rng"] for r in ranks]
         cfg = asdict(self.cfg)
         return {"format": STATE_FORMAT, "version": 1, "model": self.model.trainable_state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None, "step": self.step,
                 "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch, "world_size": self.rt.world,
                 "rng": rngs, "history": self.history, "val_history": self.val_history,
-                "unreadable": sorted(self.unreadable), "config": cfg}
+                "unreadable": sorted(self.unreadable), "constant": sorted(self.constant),
+                "report_cache": [r["report_cache"] for r in ranks], "config": cfg}
+
+    def _write_state(self, state: dict) -> None:
+        self.folder.save(state, self.run_dir / "last.pt")
+        plot_progress(self.run_dir / "progress.png", self.history, self.val_history)
+
+    def _save_report_cache(self) -> None:
+        """Every rank's own cache file, written before last.pt (which records how many rows are valid)."""
+        cache = self.model.report_cache
+        problem = cache.save(self.run_dir, self.rt.rank) if cache is not None else None
+        if problem:
+            print(f"mosmos-pretrain: warning: report-embedding cache: {problem}", file=sys.stderr, flush=True)
+
+    def _load_report_cache(self, state: dict, folder: Path) -> None:
+        cache, counts, rank = self.model.report_cache, state.get("report_cache") or [], self.rt.rank
+        problem = None
+        if cache is not None and state["world_size"] == self.rt.world == len(counts) and counts[rank]:
+            problem = cache.load(folder, rank, counts[rank])
+        for problem in filter(None, all_gather_object(problem and f"rank {rank}: {problem}", self.rt)):
+            self.log(f"WARNING: report-embedding cache not reused ({problem}): reports are encoded again, equal "
+                     "up to float rounding; the run will not repeat bit for bit")
 
     def save_state(self) -> None:
+        self._save_report_cache()
         state = self._state()  # collective: every rank takes part
-        if self.rt.main:
-            atomic_torch_save(state, self.run_dir / "last.pt")
-            plot_progress(self.run_dir / "progress.png", self.history, self.val_history)
-        if self.rt.ddp:
-            dist.barrier()
+        self.on_main(self._write_state, state)  # also the barrier: no rank runs ahead of the save
 
     def _load_state(self, path: Path) -> None:
         state = read_state(path)
@@ -183,6 +233,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.history, self.val_history = state["step"], state["history"], state["val_history"]
         self.unreadable = set(state.get("unreadable", []))
+        self.constant = set(state.get("constant", []))
+        self._load_report_cache(state, path.parent)
         if state["world_size"] == self.rt.world:
             set_rng_state(state["rng"][self.rt.rank])
         else:
@@ -293,6 +345,7 @@ class Trainer:
                         self.save_state()
                         break
                     self.unreadable.update(batch["failed"])
+                    self._note_constant(batch["constant"])
                     values = self.train_step(batch)
                     self.step += 1
                     sums, n = [a + b for a, b in zip(sums, values)], n + 1
@@ -324,45 +377,61 @@ class Trainer:
             return 128 + self.stop_signal if self.stop_signal else 0
         self._evaluate()
         self._report_unreadable()
-        if rt.main:
-            from pretrain.export import build_payload
-
-            plot_progress(self.run_dir / "progress.png", self.history, self.val_history)  # with the last eval
-            payload = build_payload(self)
-            save_mosmos_checkpoint(self.output, payload)
-            self.log(f"Wrote {self.output}")
-        if rt.ddp:
-            dist.barrier()
+        self.on_main(self._export)
         return 0
+
+    def _export(self) -> None:
+        from pretrain.export import build_payload
+
+        plot_progress(self.run_dir / "progress.png", self.history, self.val_history)  # with the last eval
+        self.folder.save(build_payload(self), self.output,
+                         writer=lambda payload, path: save_mosmos_checkpoint(path, payload))
+        self.log(f"Wrote {self.output}")
+
+    def _note_constant(self, images: list[str]) -> None:
+        new = sorted(set(images) - self.constant)
+        if new:
+            self.constant.update(new)
+            self.log(f"WARNING: constant (zero-variance) image(s), replaced by the next pair: {', '.join(new[:5])}"
+                     + (f" and {len(new) - 5} more" if len(new) > 5 else ""))
 
     def _report_unreadable(self) -> None:
         gathered = set().union(*all_gather_object(sorted(self.unreadable), self.rt))
-        self.unreadable = gathered
+        constant = set().union(*all_gather_object(sorted(self.constant), self.rt))
+        self.unreadable, self.constant = gathered, constant
         self.log(self.source.skipped.summary("Skipped before training"))
         if gathered:
             self.log(f"Unreadable images replaced by the next pair: {len(gathered)}\n  " +
                      "\n  ".join(sorted(gathered)[:10]))
         else:
             self.log("Unreadable images: none")
+        if constant:
+            self.log(f"Constant (zero-variance) images replaced by the next pair: {len(constant)}\n  " +
+                     "\n  ".join(sorted(constant)[:10]))
+        cache = self.model.report_cache
+        if cache is not None:
+            self.log(f"Report-embedding cache (rank 0): {len(cache)} distinct texts, {cache.hits} hits / "
+                     f"{cache.misses} encoded in this invocation")
 
 
 def build_model(spec, text: TextEncoder, tag_names: list[str], cfg: PretrainConfig) -> PretrainModel:
-    """The PretrainModel a run of ``cfg`` trains (encoder of ``spec``, heads of ``cfg.objectives``)."""
-    return PretrainModel(spec, text, tag_names, cfg.embed_dim, cfg.decoder, cfg.n_ctx, objectives=cfg.objectives)
-
-
-def build_model(spec, text: TextEncoder, tag_names: list[str], cfg: PretrainConfig) -> PretrainModel:
-    """The PretrainModel a run of ``cfg`` trains (encoder of ``spec``, heads of ``cfg.objectives``)."""
-    return PretrainModel(spec, text, tag_names, cfg.embed_dim, cfg.decoder, cfg.n_ctx, objectives=cfg.objectives)
+    """The PretrainModel a run of ``cfg`` trains (encoder of ``spec``, heads of ``cfg.objectives``, the report cache)."""
+    model = PretrainModel(spec, text, tag_names, cfg.embed_dim, cfg.decoder, cfg.n_ctx, objectives=cfg.objectives)
+    if cfg.report_cache:
+        model.report_cache = ReportEmbeddingCache(text)
+    return model
 
 
 def run(cfg: PretrainConfig) -> int:
     rt = setup_runtime(cfg.device, cfg.amp)
+    trainer = None
     try:
         trainer = Trainer(cfg, rt)
         trainer.setup()
         return trainer.fit()
     finally:
+        if trainer is not None:
+            trainer.folder.release()
         if rt.ddp and dist.is_initialized():
             dist.destroy_process_group()
 

@@ -87,7 +87,8 @@ def build_payload(trainer) -> dict:
         "provenance": {
             "data": trainer.source.description,
             "pairs": {"train": len(trainer.train_set), "val": len(trainer.val_set),
-                      "skipped": dict(trainer.source.skipped.counts), "unreadable": len(trainer.unreadable)},
+                      "skipped": dict(trainer.source.skipped.counts), "unreadable": len(trainer.unreadable),
+                      "constant": len(trainer.constant)},
             "steps": trainer.step, "epochs": round(trainer.step / trainer.steps_per_epoch, 3),
             "history": trainer.history, "val_history": trainer.val_history,
             "loss_weights": {"contrastive": cfg.contrastive_weight, "tag": trainer.tag_weight,
@@ -110,12 +111,14 @@ def build_payload(trainer) -> dict:
 
 def preprocessing(spec) -> dict:
     """How images were prepared, so fine-tuning and zero-shot use can check or repeat it."""
-    if spec.dim == 2:
-        return {"channels": 1, "dim": 2, "normalization": "zscore-per-image", "image_size": list(spec.image_size)}
     norm = spec.normalization or {}
+    use_mask = bool(norm.get("use_mask_for_norm", False))  # z-score inside the non-zero region (nnU-Net's flag)
+    if spec.dim == 2:
+        return {"channels": 1, "dim": 2, "normalization": "zscore-per-image", "use_mask_for_norm": use_mask,
+                "image_size": list(spec.image_size)}
     return {"channels": 1, "dim": 3, "image_size": list(spec.image_size),
             "spacing": list(spec.spacing) if spec.spacing else None,
-            "normalization": norm.get("scheme", "ZScoreNormalization"),
+            "normalization": norm.get("scheme", "ZScoreNormalization"), "use_mask_for_norm": use_mask,
             "intensity_properties": norm.get("intensity_properties")}
 
 

@@ -11,17 +11,15 @@ import sys
 
 
 def _check_fit(ckpt: dict, dataset: str, configuration: str, plans: str) -> str:
-    from nnunet_mosmos.encoders import build_plain_network
-    from nnunet_mosmos.pretrained import fit_encoder, misfit
+    from nnunet_mosmos.pretrained import fit_configuration, misfit, refit_hint
     from pretrain.plans import load_configuration
 
     cm, target = load_configuration(dataset, configuration, plans)
-    encoder = build_plain_network(cm, target["input_channels"], 2, deep_supervision=False).encoder
-    state, report = fit_encoder(encoder, ckpt)
+    encoder, state, report = fit_configuration(ckpt, cm, target["input_channels"])
     where = f"{target['dataset']} {plans} {configuration} ({target['input_channels']} channel(s))"
     problem = misfit(report)
     if problem:
-        return f"does NOT fit {where}: {problem}"
+        return f"does NOT fit {where}: {problem}; {refit_hint(dataset, configuration, plans)}"
     encoder.load_state_dict(state, strict=True)
     return (f"fits {where}: {len(report['loaded'])} tensors copied, {len(report['inflated'])} inflated, "
             f"{len(report['adapted'])} stem tensors adapted")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -60,7 +61,11 @@ def _plain_infonce(image, text, scale):
 
 # --------------------------------------------------------------------------- logging / plot
 class RunLog:
-    """Rank-0 log: stdout (through tqdm) + ``<run>/training_log.txt``."""
+    """Rank-0 log: stdout (through tqdm) + ``<run>/training_log.txt``.
+
+    A log file that cannot be written (disk full) costs one warning on stderr, not the run: the
+    save that follows will say what is wrong, in one line.
+    """
 
     def __init__(self, run_dir: Path, active: bool):
         self.active, self.bar = active, None
@@ -70,15 +75,24 @@ class RunLog:
         if not self.active:
             return
         text = " ".join(str(m) for m in msg)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.file.parent.mkdir(parents=True, exist_ok=True)  # created by the first line: a run that
-        with open(self.file, "a", encoding="utf-8") as f:      # fails on its input leaves no folder
-            for line in text.splitlines() or [""]:
-                f.write(f"{stamp}: {line}\n")
+        if self.file is not None:
+            self._append(text)
         if self.bar is not None:
             self.bar.write(text)
         else:
             print(text, flush=True)
+
+    def _append(self, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)  # created by the first line: a run that
+            with open(self.file, "a", encoding="utf-8") as f:      # fails on its input leaves no folder
+                for line in text.splitlines() or [""]:
+                    f.write(f"{stamp}: {line}\n")
+        except OSError as e:
+            print(f"mosmos-pretrain: warning: cannot write {self.file} ({e.strerror or e}); logging to stdout only",
+                  file=sys.stderr, flush=True)
+            self.file = None
 
 
 def plot_progress(path: Path, history: list[dict], val_history: list[dict]) -> None:
@@ -113,6 +127,11 @@ def plot_progress(path: Path, history: list[dict], val_history: list[dict]) -> N
         ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, path)
+    except OSError as e:  # the plot is a convenience: a full disk is reported by the save of last.pt
+        tmp.unlink(missing_ok=True)
+        print(f"mosmos-pretrain: warning: cannot write {path} ({e.strerror or e})", file=sys.stderr, flush=True)
+    finally:
+        plt.close(fig)

@@ -9,6 +9,7 @@ loads key-for-key. Environment variables are read at call time (not at import, u
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from copy import deepcopy
@@ -60,7 +61,9 @@ class EncoderSpec:
 
     ``image_size`` is the training input: (H, W) in 2D, the patch (Z, Y, X) in 3D. 3D specs also say
     how volumes are brought to the encoder: ``spacing`` (None = keep each volume's own) and
-    ``normalization`` (nnU-Net scheme name + the dataset fingerprint's intensity properties).
+    ``normalization`` (nnU-Net scheme name + the dataset fingerprint's intensity properties). Both
+    carry the plans' ``use_mask_for_norm`` of channel 0 (z-score inside the non-zero region, as
+    nnU-Net does for e.g. skull-stripped MRI); 2D inputs are z-scored (ROCO figures carry no HU).
     """
     arch_class_name: str
     arch_kwargs: dict
@@ -138,9 +141,10 @@ def encoder_spec(dataset=None, configuration: str | None = None, plans: str = "n
                  image_size=None, dim: int = 2) -> EncoderSpec:
     """The encoder to pre-train.
 
-    ``dim=2``: the 2D twin of ``configuration`` (or the default 2D topology). ``dim=3``: the
+    ``dim=2``: the 2D twin of ``configuration`` (or the default 2D topology), z-scored per image (within
+    the non-zero region when the plans' ``use_mask_for_norm`` says so). ``dim=3``: the
     configuration's own 3D encoder, trained on patches of its patch size at its spacing, normalised
-    with its scheme and the dataset fingerprint's intensity properties, i.e. what
+    with its scheme, the dataset fingerprint's intensity properties and ``use_mask_for_norm``, i.e. what
     ``nnUNetv2_train`` feeds it (or the default 3D topology, native spacing, z-score).
     """
     if configuration and dataset is None:
@@ -155,11 +159,13 @@ def encoder_spec(dataset=None, configuration: str | None = None, plans: str = "n
         return EncoderSpec(PLAIN_UNET, default_arch_kwargs(size), list(REQ_IMPORT), size,
                            normalization={"scheme": ZSCORE, "intensity_properties": None})
     cm, target = load_configuration(dataset, configuration, plans)
+    use_mask = bool(cm.use_mask_for_norm[0]) if cm.use_mask_for_norm else False
     if dim == 2:
         kwargs = twin_2d_arch_kwargs(cm.network_arch_init_kwargs)
         size = _pair(image_size or cm.patch_size[-2:])
         return EncoderSpec(cm.network_arch_class_name, kwargs, list(cm.network_arch_init_kwargs_req_import), size,
-                           target)
+                           target, normalization={"scheme": ZSCORE, "intensity_properties": None,
+                                                  "use_mask_for_norm": use_mask})
     if len(cm.patch_size) != 3:
         raise PlansError(f"configuration {configuration!r} of {target['plans_file']} is 2D; native 3D pre-training "
                          "needs a 3D one (e.g. -c 3d_fullres), or pre-train in 2D with --dim 2")
@@ -168,8 +174,33 @@ def encoder_spec(dataset=None, configuration: str | None = None, plans: str = "n
     return EncoderSpec(cm.network_arch_class_name, deepcopy(cm.network_arch_init_kwargs),
                        list(cm.network_arch_init_kwargs_req_import), size, target,
                        spacing=tuple(float(s) for s in cm.spacing),
-                       normalization={"scheme": scheme,
+                       normalization={"scheme": scheme, "use_mask_for_norm": use_mask,
                                       "intensity_properties": intensity_properties(target["folder"])})
+
+
+def check_input_size(spec: EncoderSpec, what: str = "--image-size") -> None:
+    """PlansError when the training input is too small for the encoder's strides, named with the minimum.
+
+    Each stride-s stage maps n pixels to ceil(n / s) (3x3 convs, padding 1); when the deepest stage is
+    left with a single value per channel, InstanceNorm (nnU-Net's norm) cannot normalise it and the
+    run would die at step 1 with a traceback from deep inside torch. Checked before anything is written.
+    """
+    if "instancenorm" not in str(spec.arch_kwargs.get("norm_op") or "").lower():
+        return
+    size = [int(s) for s in spec.image_size]
+    deepest, total = list(size), [1] * len(size)
+    for stride in spec.strides:
+        stride = [int(stride)] * len(size) if isinstance(stride, int) else [int(s) for s in stride][-len(size):]
+        deepest = [-(-n // s) for n, s in zip(deepest, stride)]
+        total = [t * s for t, s in zip(total, stride)]
+    if math.prod(deepest) > 1:
+        return
+    shape = "x".join(map(str, size))
+    raise PlansError(f"{what} {shape} is too small for this encoder: its {len(spec.strides)} stages have a total "
+                     f"stride of {'x'.join(map(str, total))}, so the deepest stage would hold one value per channel, "
+                     f"which InstanceNorm cannot normalise. The minimum is {min(total) + 1} px on at least one axis; "
+                     f"nnU-Net's own patches are multiples of the total stride (e.g. "
+                     f"{'x'.join(str(2 * t) for t in total)})")
 
 
 def intensity_properties(folder, channel: int = 0) -> dict | None:

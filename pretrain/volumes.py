@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_mosmos.images import read_image
 from pretrain.pairs import GeometryError, PairDataError
 
 __all__ = ["Volume", "check_pair_geometry", "pick_dicom_series", "read_label_map", "read_volume"]
@@ -133,7 +134,8 @@ def read_volume(path, rescale: tuple[float, float] | None = None) -> Volume:
     """A NIfTI/MHA/MHD/NRRD file or a DICOM folder as a float32 (z, y, x) :class:`Volume`.
 
     ``rescale=(slope, intercept)`` maps stored values to physical ones (CT-RATE ships raw stored
-    values; HU = value * slope + intercept). Vector pixels and a 4th axis are averaged away.
+    values; HU = value * slope + intercept). Vector pixels and a 4th axis are averaged away. A NIfTI
+    shorter than its header says raises ``nnunet_mosmos.images.TruncatedImageError``.
     """
     sitk, path = _sitk(), Path(path)
     note = None
@@ -143,7 +145,7 @@ def read_volume(path, rescale: tuple[float, float] | None = None) -> Volume:
         reader.SetFileNames(files)
         image, tags = reader.Execute(), _header(files[0])
     elif path.is_file():
-        image = sitk.ReadImage(str(path))
+        image = read_image(path)  # TruncatedImageError for a NIfTI cut short (SimpleITK would zero-fill it)
         tags = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys()}
     else:
         raise FileNotFoundError(f"image {path} does not exist")
@@ -192,7 +194,7 @@ def _raise_if_different(image_geometry: dict, mask_geometry: dict, image_path, m
 def read_label_map(mask_path, image: Volume, image_path) -> np.ndarray:
     """The label map as an integer (z, y, x) array; GeometryError unless it lies on ``image``'s grid."""
     sitk = _sitk()
-    mask = sitk.ReadImage(str(mask_path))
+    mask = read_image(mask_path)
     image_geometry = {"size": tuple(image.array.shape), "spacing": tuple(image.spacing),
                       "origin": image.origin, "direction": image.direction}
     _raise_if_different(image_geometry, _geometry(mask), image_path, mask_path)

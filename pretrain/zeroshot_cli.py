@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _inputs(args, parser):
-    from pretrain.zeroshot import dataset_cases, load_label_names, pair_cases
+    from pretrain.label_names import load_label_names
+    from pretrain.zeroshot import dataset_cases, pair_cases
 
     if args.dataset:
         if args.images or args.labels:
@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     from nnunet_mosmos.checkpoint import CheckpointError
+    from nnunet_mosmos.io_checks import OutputError, check_output_file, write_text_atomic
     from nnunet_mosmos.text import TextEncoderError
     from pretrain.zeroshot import METHODS, ZeroShotConfig, ZeroShotError, ZeroShotModel, evaluate, select_organs, table
 
@@ -81,6 +82,8 @@ def main(argv=None) -> int:
         print(msg, file=sys.stderr)
 
     try:
+        if args.output:
+            check_output_file(args.output)  # before any work: a bad -o must not cost a whole evaluation
         cases, names, modality, source = _inputs(args, parser)
         organs = select_organs(names, args.organs)
         model = ZeroShotModel.from_file(args.checkpoint, args.text_encoder, args.device)
@@ -88,15 +91,14 @@ def main(argv=None) -> int:
                              modality=modality, min_voxels=args.min_voxels, batch_size=args.batch_size,
                              window=tuple(args.window) if args.window else None, zscore=args.zscore)
         result = evaluate(model, cases, organs, cfg, names, source, log)
-    except (ZeroShotError, CheckpointError, TextEncoderError, ValueError, FileNotFoundError) as e:
+        text = json.dumps(result, indent=2)
+        if args.output:
+            write_text_atomic(args.output, text + "\n")
+    except (ZeroShotError, CheckpointError, TextEncoderError, OutputError, ValueError, OSError) as e:
         print(f"mosmos-zeroshot: error: {e}", file=sys.stderr)
         return 1
-    text = json.dumps(result, indent=2)
     log(table(result))
     print(text)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n", encoding="utf-8")
     return 0
 
 

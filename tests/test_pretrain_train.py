@@ -97,6 +97,12 @@ def test_two_process_ddp_with_gloo(pairs, tiny_text_encoder, tmp_path):
     assert ckpt["provenance"]["optimizer"]["world_size"] == 2
     # the first step scores each image against the 8 reports of BOTH ranks: chance level is log(8)
     assert abs(ckpt["provenance"]["history"][0]["contrastive"] - math.log(8)) < 0.05
+    # each rank caches the report embeddings of its own shard, in its own file next to last.pt
+    counts = _state(tmp_path / "ddp_run" / "last.pt")["report_cache"]
+    assert len(counts) == 2 and all(0 < n <= 12 for n in counts)
+    for rank, n in enumerate(counts):
+        saved = torch.load(tmp_path / "ddp_run" / f"report_embeddings.rank{rank}.pt", weights_only=True)
+        assert len(saved["keys"]) == n and saved["features"].shape[0] == n
 
 
 def _gather_worker(rank, world, port, folder):

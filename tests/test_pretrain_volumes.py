@@ -169,15 +169,15 @@ def test_normalizer_equals_nnunet_classes(tmp_path):
     np.testing.assert_array_equal(array, before)  # callers' arrays are left alone unless inplace=True
     assert expected.min() == pytest.approx(-10.4) and "clip [-1000, 1000]" in ct.describe()
 
+    from pretrain.plans import intensity_properties  # how a run gets the fingerprint's statistics
+
     fingerprint = tmp_path / "dataset_fingerprint.json"
     fingerprint.write_text(json.dumps({"foreground_intensity_properties_per_channel": {"0": CT_PROPS}}))
-    np.testing.assert_allclose(Normalizer.from_fingerprint("CTNormalization", fingerprint)(array), expected)
+    np.testing.assert_allclose(Normalizer("CTNormalization", intensity_properties(tmp_path))(array), expected)
     with pytest.raises(ValueError, match="pass -d DATASET.*or use ZScoreNormalization"):
         Normalizer("CTNormalization")
     with pytest.raises(ValueError, match="unknown normalisation scheme 'Foo'"):
         Normalizer("Foo")
-    with pytest.raises(ValueError, match="nnUNetv2_extract_fingerprint"):
-        Normalizer.from_fingerprint("CTNormalization", tmp_path / "missing.json")
 
 
 def gradient_volume(spacing=SPACING) -> Volume:
@@ -255,7 +255,7 @@ def test_volume_pair_dataset_items_and_collate(pairs):
                            label_names={1: "adrenal", 2: "liver"},
                            text_for_missing=lambda ctx: contexts.append(ctx) or "generated report")
     item = ds[(0, 3)]
-    assert set(item) == {"image", "view2", "mask", "has_mask", "text", "tags", "index", "failed"}
+    assert set(item) == {"image", "view2", "mask", "has_mask", "text", "tags", "index", "failed", "constant"}
     assert item["image"].shape == item["view2"].shape == (1, 8, 16, 16) and item["mask"].shape == (8, 16, 16)
     assert item["has_mask"] is True and item["text"] == "generated report" and item["failed"] == []
     assert item["tags"].tolist() == [0.0, 0.0, 0.0]  # the tags of the generated text (none), not the row's

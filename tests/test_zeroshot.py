@@ -1,6 +1,7 @@
 """mosmos-zeroshot: per-organ AUC JSON from a real (tiny) pre-training run, both scorers, open-vocabulary
 organ names, real TotalSegmentator CT through its class map, the 3D slab path, and bad input."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import SimpleITK as sitk
 import torch
 
 from nnunet_mosmos.checkpoint import build_encoder, fit_encoder_state, load_mosmos_checkpoint, save_mosmos_checkpoint
-from pretrain.zeroshot import ZeroShotModel, parse_label_names, roc_auc, slab_units, select_organs
+from pretrain.label_names import parse_label_names
+from pretrain.zeroshot import ZeroShotModel, roc_auc, slab_units, select_organs
 from pretrain.zeroshot_cli import main
 
 DATA = Path(__file__).parent / "data"
@@ -283,3 +285,74 @@ def test_folder_pairs_skip_other_channels(setup, capsys, tmp_path):
                                  src / "dataset.json", "--organs", "liver", "--method", "tag-decoder"])
     assert rc == 0, err
     assert res["cases"] == ["phantom_005"] and res["n_units"] == 16
+
+
+# --------------------------------------------------------------------------- outputs and damaged inputs
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _pair_folders(setup, tmp_path, cases=("phantom_004", "phantom_005")):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for case in cases:
+        shutil.copy(setup["folder"] / "imagesTs" / f"{case}_0000.nii.gz", images)
+        shutil.copy(setup["folder"] / "labelsTs" / f"{case}.nii.gz", labels)
+    return images, labels
+
+
+def test_a_bad_output_is_refused_before_any_work(setup, capsys, tmp_path):
+    """-o a folder, under a file, in a read-only folder: one line, exit 1, nothing written. The checkpoint
+    does not even exist: the -o check comes first, so a bad -o never costs an evaluation."""
+    a_file = tmp_path / "file.json"
+    a_file.write_text("{}")
+    bad_outputs = [tmp_path, a_file / "auc.json"]
+    if not AS_ROOT:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        bad_outputs.append(locked / "auc.json")
+    try:
+        for output in bad_outputs:
+            rc, _, err = _run(capsys, [tmp_path / "missing.pt", "-d", 951, "-o", output])
+            assert rc == 1 and err.count("\n") == 1 and err.startswith("mosmos-zeroshot: error: -o "), err
+            assert "missing.pt" not in err
+    finally:
+        if not AS_ROOT:
+            locked.chmod(0o700)
+            assert list(locked.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.json"] + (["locked"] if not AS_ROOT else [])
+
+
+def test_truncated_volumes_are_skipped_and_counted(setup, capsys, tmp_path):
+    images, labels = _pair_folders(setup, tmp_path)
+    cut = images / "phantom_005_0000.nii.gz"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # a copy cut short
+    out = tmp_path / "auc.json"
+    rc, res, err = _run(capsys, [setup["ckpt"], "--images", images, "--labels", labels, "--label-names",
+                                 setup["folder"] / "dataset.json", "--method", "tag-decoder", "-o", out])
+    assert rc == 0, err
+    assert res["cases"] == ["phantom_004"] and res["n_units"] == 16
+    assert [s["case"] for s in res["skipped"]] == ["phantom_005"] and str(cut) in res["skipped"][0]["reason"]
+    assert "skipped 1 of 2 case(s) with truncated files: phantom_005" in err
+    assert json.loads(out.read_text()) == res
+    # a truncated label map is skipped the same way; when every case is skipped, that is an error
+    label = labels / "phantom_004.nii.gz"
+    label.write_bytes(label.read_bytes()[: label.stat().st_size // 2])
+    rc, _, err = _run(capsys, [setup["ckpt"], "--images", images, "--labels", labels, "--label-names",
+                               setup["folder"] / "dataset.json", "--method", "tag-decoder"])
+    assert rc == 1 and "all 2 case(s) were skipped" in err
+
+
+def test_an_all_black_image_is_scored_but_warned(setup, capsys, tmp_path):
+    images, labels = _pair_folders(setup, tmp_path, ("phantom_004",))
+    path = images / "phantom_004_0000.nii.gz"
+    image = sitk.ReadImage(str(path))
+    black = sitk.GetImageFromArray(np.full(sitk.GetArrayFromImage(image).shape, -1000, np.float32))
+    black.CopyInformation(image)
+    sitk.WriteImage(black, str(path))
+    rc, res, err = _run(capsys, [setup["ckpt"], "--images", images, "--labels", labels, "--label-names",
+                                 setup["folder"] / "dataset.json", "--method", "tag-decoder"])
+    assert rc == 0, err
+    assert res["constant_images"] == ["phantom_004"] and res["skipped"] == []
+    assert "has the value -1000 in every voxel" in err

@@ -18,28 +18,33 @@ from torch._dynamo import OptimizedModule
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mosmos.checkpoint import ENV_PRETRAINED, load_mosmos_checkpoint, locate_checkpoint
-from nnunet_mosmos.pretrained import load_pretrained_encoder, summarise
+from nnunet_mosmos.pretrained import load_pretrained_encoder, refit_hint, summarise
+from nnunet_mosmos.training.startup import MOSMOSStartError, check_pretrained_fits, guarded_start
 
 
 class nnUNetTrainerMOSMOSEncoder(nnUNetTrainer):
+    @guarded_start  # bad input: one line (MOSMOSStartError), exit 1, no empty model folder left behind
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.pretrained_path = locate_checkpoint(self.preprocessed_dataset_folder_base,
                                                  self.plans_manager.plans_name, configuration)
         if self.pretrained_path is None:
-            raise FileNotFoundError(
+            raise MOSMOSStartError(
                 f"{self.__class__.__name__} needs a MOSMOS pre-training checkpoint: set {ENV_PRETRAINED}=FILE.pt "
                 f"or run `mosmos-pretrain -d {self.plans_manager.dataset_name} -c {configuration}` (it writes the "
                 "conventional file this trainer looks for). Without one, train plain nnUNetTrainer.")
         self.pretrained = load_mosmos_checkpoint(self.pretrained_path)
+        check_pretrained_fits(self, self._refit_hint())
+
+    def _refit_hint(self) -> str:
+        return refit_hint(self.plans_manager.dataset_name, self.configuration_name, self.plans_manager.plans_name,
+                          "plain nnUNetTrainer")
 
     def initialize(self):
         super().initialize()
         net = self.network.module if self.is_ddp else self.network
         net = net._orig_mod if isinstance(net, OptimizedModule) else net
-        hint = (f"pre-train for it with `mosmos-pretrain -d {self.plans_manager.dataset_name} -c "
-                f"{self.configuration_name} -p {self.plans_manager.plans_name}`, or train plain nnUNetTrainer")
-        report = load_pretrained_encoder(net.encoder, self.pretrained, self.pretrained_path, hint)
+        report = load_pretrained_encoder(net.encoder, self.pretrained, self.pretrained_path, self._refit_hint())
         self.print_to_log_file(f"MOSMOS: encoder initialised from {self.pretrained_path} (no tag branch)")
         self.print_to_log_file("MOSMOS:", summarise("encoder", report))
