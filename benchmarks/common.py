@@ -7,7 +7,9 @@ trainers without a dataset on disk.
 * plans: :func:`plans_like_configuration` / :func:`plans_like` (an nnU-Net-2.8-style plan without
   the planner), :func:`synthetic_plans` (phantoms planned by nnU-Net), :func:`read_plans`;
 * :func:`workspace_env` (nnU-Net's folders in a temporary root) and :func:`build_trainer` (a
-  trainer as ``nnUNetv2_train`` builds it).
+  trainer as ``nnUNetv2_train`` builds it);
+* peak memory: :func:`resident_bytes`, :class:`PeakRSS` (peak RSS growth in a worker process) and
+  :func:`run_memory_workers` (one fresh process per variant, so variants never count each other).
 
 Part of the uninstalled harness (see :mod:`benchmarks`).
 """
@@ -35,11 +37,16 @@ ENV_KEYS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_compi
 
 # ---------------------------------------------------------------------------------------- plans
 def plans_like_configuration(patch, batch_size: int = 2, base_features: int = 32, max_features: int | None = None,
-                             n_conv: int = 2, min_feature_map: int = 4, max_stages: int | None = None) -> dict:
-    """An nnU-Net-2.8-style configuration for ``patch`` (PlainConvUNet), without running the planner.
+                             n_conv: int = 2, min_feature_map: int = 4, max_stages: int | None = None,
+                             strides: list | None = None, n_conv_decoder: int | None = None,
+                             residual: bool = False) -> dict:
+    """An nnU-Net-2.8-style configuration for ``patch`` (PlainConvUNet), without running the planner:
+    the one generator of plans for tests and benchmarks (``tests/plans_fixtures.py`` wraps it).
 
     Topology like nnU-Net's: an axis is pooled while its feature map stays >= ``min_feature_map``
-    after pooling; features double per stage up to 512 (2D) / 320 (3D).
+    after pooling; features double per stage up to 512 (2D) / 320 (3D). ``strides`` (one per stage)
+    fixes the topology instead; ``n_conv_decoder`` convs per decoder stage (default ``n_conv``);
+    ``residual``: ResidualEncoderUNet with one block per stage.
     """
     patch = [int(p) for p in patch]
     dim = len(patch)
@@ -47,15 +54,19 @@ def plans_like_configuration(patch, batch_size: int = 2, base_features: int = 32
         raise ValueError(f"--patch needs 2 or 3 sizes, got {patch}")
     max_features = max_features or (512 if dim == 2 else 320)
     max_stages = max_stages or (7 if dim == 2 else 6)
-    strides, size = [[1] * dim], list(patch)
-    while len(strides) < max_stages:
-        s = [2 if sz // 2 >= min_feature_map and sz % 2 == 0 else 1 for sz in size]
-        if max(s) == 1:
-            break
-        strides.append(s)
-        size = [sz // st for sz, st in zip(size, s)]
+    if strides is None:
+        strides, size = [[1] * dim], list(patch)
+        while len(strides) < max_stages:
+            s = [2 if sz // 2 >= min_feature_map and sz % 2 == 0 else 1 for sz in size]
+            if max(s) == 1:
+                break
+            strides.append(s)
+            size = [sz // st for sz, st in zip(size, s)]
+    strides = [list(map(int, s)) for s in strides]
     n = len(strides)
+    n_conv_decoder = n_conv if n_conv_decoder is None else n_conv_decoder
     conv = f"torch.nn.modules.conv.Conv{dim}d"
+    blocks = {"n_blocks_per_stage": [1] * n} if residual else {"n_conv_per_stage": [n_conv] * n}
     return {
         "data_identifier": f"nnUNetPlans_{'2d' if dim == 2 else '3d_fullres'}",
         "preprocessor_name": "DefaultPreprocessor", "batch_size": int(batch_size), "patch_size": patch,
@@ -67,11 +78,12 @@ def plans_like_configuration(patch, batch_size: int = 2, base_features: int = 32
         "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
         "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
         "architecture": {
-            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "network_class_name": "dynamic_network_architectures.architectures.unet."
+                                  + ("ResidualEncoderUNet" if residual else "PlainConvUNet"),
             "arch_kwargs": {
                 "n_stages": n, "features_per_stage": [min(base_features * 2 ** i, max_features) for i in range(n)],
                 "conv_op": conv, "kernel_sizes": [[3] * dim] * n, "strides": strides,
-                "n_conv_per_stage": [n_conv] * n, "n_conv_per_stage_decoder": [n_conv] * (n - 1), "conv_bias": True,
+                **blocks, "n_conv_per_stage_decoder": [n_conv_decoder] * (n - 1), "conv_bias": True,
                 "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
                 "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
                 "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
@@ -277,3 +289,147 @@ def emit_json(result: dict, path=None) -> None:
     if path:
         Path(path).write_text(text + "\n")
     print(text)
+
+
+# ------------------------------------------------------------------------ peak memory (CPU, CUDA)
+#: the checkout holding ``benchmarks/`` (not installed): memory workers find it through PYTHONPATH
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def resident_bytes(*modules_or_optimizers) -> int:
+    """Bytes of the distinct tensors held by modules (params, buffers) and optimizers (state)."""
+    import torch
+
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            key = (t.device, t.untyped_storage().data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += t.untyped_storage().nbytes()
+
+    for obj in modules_or_optimizers:
+        if obj is None:
+            continue
+        if isinstance(obj, torch.nn.Module):
+            for t in list(obj.parameters()) + list(obj.buffers()):
+                add(t)
+        elif isinstance(obj, torch.optim.Optimizer):
+            for state in obj.state.values():
+                for t in state.values():
+                    add(t)
+    return total
+
+
+def proc_status_mb(key: str) -> float | None:
+    """A ``/proc/self/status`` field (``VmRSS``, ``VmHWM``) in MB; None where there is no procfs."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Linux: reset the process's peak RSS (VmHWM) to the current RSS (``/proc/self/clear_refs``, value 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def maxrss_mb() -> float:
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2 ** 20 if sys.platform == "darwin" else rss / 2 ** 10
+
+
+class PeakRSS:
+    """Peak RSS growth of what runs after :meth:`start` over the RSS at :meth:`start`.
+
+    ``start()`` before building the variant, ``settle()`` after building it (transient peaks of
+    building and loading files do not count; what stays resident does), then run it and read
+    :meth:`growth_mb`. On Linux the peak is reset through ``clear_refs``; elsewhere it is the
+    ``ru_maxrss`` growth (an upper bound that includes building).
+    """
+
+    def start(self) -> "PeakRSS":
+        self.exact = reset_peak_rss()
+        self.base = proc_status_mb("VmRSS") if self.exact else maxrss_mb()
+        return self
+
+    def settle(self) -> None:
+        if self.exact:
+            reset_peak_rss()
+
+    def growth_mb(self) -> dict:
+        peak = proc_status_mb("VmHWM") if self.exact else maxrss_mb()
+        return {"peak_mb": peak - self.base, "baseline_rss_mb": self.base,
+                "method": "VmHWM growth after clear_refs" if self.exact else "ru_maxrss growth"}
+
+
+def run_memory_workers(module: str, jobs: list[dict], workdir: Path, parallel: int = 2, repeats: int = 1) -> list[dict]:
+    """``python -m <module> --memory-worker <spec.json>`` in a fresh process per job (a few at a time),
+    ``repeats`` processes per job; the worker prints one JSON line with ``peak_mb`` last. Each result's
+    ``peak_mb`` (and ``baseline_rss_mb``) is the median of its processes, ``runs_mb`` all of them.
+
+    glibc's mmap threshold is fixed (``MALLOC_MMAP_THRESHOLD_=131072``): large tensors are mapped and
+    unmapped, so the RSS follows the live memory instead of glibc's history-dependent heap
+    (otherwise +-40 MB between runs).
+    """
+    import subprocess
+    import sys
+
+    workdir = Path(workdir)
+    procs, raw = [], [None] * (len(jobs) * repeats)
+    pending = [(k, jobs[k // repeats]) for k in range(len(raw))]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072"))
+    env["PYTHONPATH"] = os.pathsep.join(part for part in (env.get("PYTHONPATH"), REPO_ROOT) if part)
+    while pending or procs:
+        while pending and len(procs) < parallel:
+            i, spec = pending.pop(0)
+            path = workdir / f"memory_job_{module.rsplit('.', 1)[-1]}_{i}.json"
+            path.write_text(json.dumps(spec, default=json_default))
+            p = subprocess.Popen([sys.executable, "-m", module, "--memory-worker", str(path)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            procs.append((i, p))
+        i, p = procs.pop(0)
+        out, err = p.communicate()
+        if p.returncode != 0:
+            what = {k: v for k, v in jobs[i // repeats].items() if isinstance(v, (str, int, float)) and k != "plans"}
+            raise RuntimeError(f"memory worker {module} {what} failed:\n{err[-3000:]}")
+        raw[i] = json.loads(out.strip().splitlines()[-1])
+    results = []
+    for k in range(len(jobs)):
+        runs = raw[k * repeats:(k + 1) * repeats]
+        merged = dict(runs[0], peak_mb=statistics.median(r["peak_mb"] for r in runs),
+                      runs_mb=[round(r["peak_mb"], 3) for r in runs])
+        if runs[0].get("baseline_rss_mb") is not None:
+            merged["baseline_rss_mb"] = statistics.median(r["baseline_rss_mb"] for r in runs)
+        results.append(merged)
+    return results
+
+
+def preimport_text_stack() -> None:
+    """Import (not load) the text encoder's code, the same in every variant's memory worker: Python
+    modules are not a variant's memory, its weights are."""
+    try:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        from nnunet_mosmos.text import resolve_text_encoder
+
+        name = resolve_text_encoder(None)
+        local = Path(name).expanduser()
+        cfg = AutoConfig.from_pretrained(str(local) if local.exists() else name, local_files_only=local.exists())
+        AutoModel._model_mapping[type(cfg)]  # imports the modeling module
+        AutoTokenizer.from_pretrained(str(local) if local.exists() else name, local_files_only=local.exists())
+    except Exception:  # noqa: BLE001 - only a warm-up; the trainer reports real problems
+        pass

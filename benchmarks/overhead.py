@@ -17,14 +17,16 @@ ratio of process CPU times, which are less sensitive to other people's load.
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during one step (minus what was allocated
 before it) plus the tensors the variant keeps resident (weights, optimizer state, text encoder), so
 the two variants living in one process do not count each other. On CPU there is no allocator
-statistic; with ``--isolate-memory`` each variant runs in a fresh subprocess and reports the growth
-of its peak RSS (``resource.getrusage``) over a baseline taken after imports; without it the CPU
-peak is reported as not measured (``null``).
+statistic, so by default each variant runs in a fresh subprocess and reports the growth of its
+peak RSS over a baseline taken after imports (``--no-isolate-memory`` skips them; the CPU peak is
+then reported as not measured, ``null``).
 
 ``--profile`` adds a per-module breakdown of one MOSMOS and one plain training step
 (``torch.profiler``; backward ops are attributed to the module whose forward created them, through
-the autograd sequence numbers). ``--prototypes`` times design alternatives (trainer subclasses in
-:mod:`benchmarks.prototypes`, never in the shipped trainers) against the same plain baseline. The
+the autograd sequence numbers). ``--lean`` adds the shipped lean branch (``nnUNetTrainerMOSMOS_lean``)
+to the same interleaved run, ``--prototypes`` the design alternatives of :mod:`benchmarks.prototypes`
+(class attributes of the shipped trainer, nothing patched); ``--real-size`` swaps the small default
+plans for nnU-Net's typical ones (2d 512x512 batch 12, 3d_fullres 128x128x128 batch 2). The
 helpers it shares with the other benchmarks (timing, records, plans, workspace) are in
 :mod:`benchmarks.common`.
 
@@ -39,7 +41,6 @@ import datetime as _dt
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,17 +49,21 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import (DEFAULT_LABELS, build_trainer, emit_json, interleaved, json_default, machine,
-                               median_ms, plans_like, plans_like_configuration, read_plans, sync,
-                               synthetic_plans, versions, workspace_env)
+from benchmarks.common import (DEFAULT_LABELS, PeakRSS, build_trainer, emit_json, interleaved, json_default, machine,
+                               median_ms, plans_like, plans_like_configuration, preimport_text_stack, read_plans,
+                               resident_bytes, run_memory_workers, sync, synthetic_plans, versions, workspace_env)
 from benchmarks.prototypes import PROTOTYPES, prototype_classes
 
 TARGETS = {"train_step_s": 1.10, "inference_s": 1.05, "peak_mem_mb": 1.10}
-PLAIN, MOSMOS = "plain", "mosmos"
+PLAIN, MOSMOS, LEAN = "plain", "mosmos", "lean"
+#: ``--lean``: the shipped lean branch, timed beside MOSMOS against the same plain baseline
+LEAN_TRAINER = "nnUNetTrainerMOSMOS_lean"
 #: --quick without --plans/--patch: built-in plans-like configurations, no planning needed
 QUICK_PATCHES = {"2d": [32, 32], "3d_fullres": [16, 32, 32]}
-#: the checkout holding ``benchmarks/`` (not installed): the memory workers find it through PYTHONPATH
-REPO_ROOT = str(Path(__file__).resolve().parents[1])
+#: --real-size: nnU-Net's typical plans (a 512x512 2d slice at batch 12 with 8 stages; a 128^3 3d_fullres
+#: patch at batch 2 with 6 stages, 320 features at most), built by ``plans_like_configuration``
+REAL_SIZE = {"2d": {"patch": [512, 512], "batch_size": 12, "max_stages": 8},
+             "3d_fullres": {"patch": [128, 128, 128], "batch_size": 2}}
 
 
 # ------------------------------------------------------------------------------ trainer classes
@@ -184,35 +189,8 @@ def summarise(runs: dict, base: str = PLAIN, other: str = MOSMOS) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- memory
-def _resident_bytes(*modules_or_optimizers) -> int:
-    """Bytes of the distinct tensors held by modules (params, buffers) and optimizers (state)."""
-    import torch
-
-    seen, total = set(), 0
-
-    def add(t):
-        nonlocal total
-        if isinstance(t, torch.Tensor) and t.device.type != "meta":
-            key = (t.device, t.untyped_storage().data_ptr())
-            if key not in seen:
-                seen.add(key)
-                total += t.untyped_storage().nbytes()
-
-    for obj in modules_or_optimizers:
-        if obj is None:
-            continue
-        if isinstance(obj, torch.nn.Module):
-            for t in list(obj.parameters()) + list(obj.buffers()):
-                add(t)
-        elif isinstance(obj, torch.optim.Optimizer):
-            for state in obj.state.values():
-                for t in state.values():
-                    add(t)
-    return total
-
-
 def _trainer_resident(trainer) -> int:
-    return _resident_bytes(_unwrap(trainer.network), trainer.optimizer, getattr(trainer, "text_encoder", None))
+    return resident_bytes(_unwrap(trainer.network), trainer.optimizer, getattr(trainer, "text_encoder", None))
 
 
 def cuda_peak_train_mb(trainers: dict, step_fns: dict, device) -> dict:
@@ -245,51 +223,8 @@ def cuda_peak_inference_mb(predictors: dict, image, device) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
         pred.predict_sliding_window_return_logits(image)
         torch.cuda.synchronize(device)
-        out[name] = (torch.cuda.max_memory_allocated(device) - base + _resident_bytes(pred.network)) / 2 ** 20
+        out[name] = (torch.cuda.max_memory_allocated(device) - base + resident_bytes(pred.network)) / 2 ** 20
     return out
-
-
-def _proc_status_mb(key: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Linux: reset the process's peak RSS (VmHWM) to the current RSS (``/proc/self/clear_refs``, value 5)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _maxrss_mb() -> float:
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2 ** 20 if sys.platform == "darwin" else rss / 2 ** 10
-
-
-def _preimport_text_stack() -> None:
-    """Import (not load) the text encoder's code, the same in both variants' workers."""
-    try:
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-        from nnunet_mosmos.text import resolve_text_encoder
-
-        name = resolve_text_encoder(None)
-        local = Path(name).expanduser()
-        cfg = AutoConfig.from_pretrained(str(local) if local.exists() else name, local_files_only=local.exists())
-        AutoModel._model_mapping[type(cfg)]  # imports the modeling module
-        AutoTokenizer.from_pretrained(str(local) if local.exists() else name, local_files_only=local.exists())
-    except Exception:  # noqa: BLE001 - only a warm-up; the trainer reports real problems
-        pass
 
 
 def memory_worker(spec: dict) -> dict:
@@ -317,14 +252,13 @@ def memory_worker(spec: dict) -> dict:
             batch = synthetic_batch(cm, n_in, n_labels, seed=0, device=device)
         else:
             image = inference_image(cm, n_in, spec["image_scale"])
-        _preimport_text_stack()  # Python modules are not the variant's memory (its weights are)
+        preimport_text_stack()  # Python modules are not the variant's memory (its weights are)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             base = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
-        exact = _reset_peak_rss()
-        base_rss = _proc_status_mb("VmRSS") if exact else _maxrss_mb()
+        rss = PeakRSS().start()
         trainer = build_trainer(cls, plans, configuration, dj, device, initialize=spec["phase"] == "train")
         if spec["phase"] == "train":
             _maybe_compile_cpu(trainer, spec["compile"] and device.type != "cuda")
@@ -336,8 +270,8 @@ def memory_worker(spec: dict) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-        elif exact:
-            _reset_peak_rss()
+        else:
+            rss.settle()
         if spec["phase"] == "train":
             for _ in range(2):
                 trainer.train_step(batch)
@@ -348,33 +282,12 @@ def memory_worker(spec: dict) -> dict:
     if device.type == "cuda":
         return {"peak_mb": (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20,
                 "method": "cuda_max_memory_allocated"}
-    peak = _proc_status_mb("VmHWM") if exact else _maxrss_mb()
-    return {"peak_mb": peak - base_rss, "baseline_rss_mb": base_rss,
-            "method": "VmHWM growth after clear_refs" if exact else "ru_maxrss growth"}
+    return rss.growth_mb()
 
 
-def isolated_memory(jobs: list[dict], workdir: Path, parallel: int = 2) -> list[dict]:
-    """Run :func:`memory_worker` for each spec in fresh subprocesses (a few at a time)."""
-    procs, results = [], [None] * len(jobs)
-    pending = list(enumerate(jobs))
-    while pending or procs:
-        while pending and len(procs) < parallel:
-            i, spec = pending.pop(0)
-            path = workdir / f"memory_job_{i}.json"
-            path.write_text(json.dumps(spec))
-            # a fixed glibc mmap threshold: large tensors are mapped and unmapped, so the RSS follows the
-            # live memory instead of glibc's history-dependent heap (otherwise +-40 MB between runs)
-            env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072"))
-            env["PYTHONPATH"] = os.pathsep.join(part for part in (env.get("PYTHONPATH"), REPO_ROOT) if part)
-            p = subprocess.Popen([sys.executable, "-m", "benchmarks.overhead", "--memory-worker", str(path)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-            procs.append((i, p))
-        i, p = procs.pop(0)
-        out, err = p.communicate()
-        if p.returncode != 0:
-            raise RuntimeError(f"memory worker for {jobs[i]['trainer']} ({jobs[i]['phase']}) failed:\n{err[-3000:]}")
-        results[i] = json.loads(out.strip().splitlines()[-1])
-    return results
+def isolated_memory(jobs: list[dict], workdir: Path, parallel: int = 2, repeats: int = 1) -> list[dict]:
+    """:func:`memory_worker` for each spec in fresh subprocesses (see :func:`benchmarks.common.run_memory_workers`)."""
+    return run_memory_workers("benchmarks.overhead", jobs, workdir, parallel, repeats)
 
 
 # --------------------------------------------------------------------------------------- profile
@@ -409,7 +322,6 @@ def profile_train_step(trainer, batch: dict, steps: int = 2) -> dict:
         handles.append(mod.register_forward_pre_hook(pre(name)))
         handles.append(mod.register_forward_hook(post))
     branch = getattr(net, "tag_branch", None)
-    own_inject = branch is not None and "inject" in branch.__dict__  # a prototype's override
     if branch is not None:
         orig_inject = branch.inject
 
@@ -436,10 +348,7 @@ def profile_train_step(trainer, batch: dict, steps: int = 2) -> dict:
         for h in handles:
             h.remove()
         if branch is not None:
-            if own_inject:
-                branch.inject = orig_inject
-            else:
-                del branch.inject  # back to the class method
+            del branch.inject  # the instance wrapper goes; the class method is back
     return _attribute(prof.events(), steps, device.type == "cuda")
 
 
@@ -459,7 +368,8 @@ def component_times(trainers: dict, batch: dict, repeats: int = 5) -> dict:
     seg_target = target[0] if isinstance(target, list) else target
     with torch.no_grad():
         skips = [s.detach() for s in net.encoder(data)]
-        emb = mos._tag_embeddings().detach()
+        # a frozen prompt (lean, _frozenPrompt) released the text encoder: its cached embeddings are what it uses
+        emb = mos._tag_embeddings().detach() if mos.train_prompt_context else branch.tag_embeddings
         tags = branch.decoder(skips[stage], emb)
     feat = skips[stage].clone().requires_grad_()
     att = tags.attention.detach().clone().requires_grad_()
@@ -600,12 +510,74 @@ def _targets(result: dict) -> dict:
     return out
 
 
+def variant_names(args) -> dict:
+    """``{JSON name: trainer class}``: plain and MOSMOS, then ``--lean`` and ``--prototypes`` (each class once)."""
+    names = {PLAIN: args.plain_trainer, MOSMOS: args.trainer}
+    if args.lean:
+        names[LEAN] = LEAN_TRAINER
+    if args.prototypes:
+        names.update((k, v) for k, v in PROTOTYPES.items() if k not in names)
+    return names
+
+
+def _versus_plain(runs: dict, name: str) -> dict:
+    s = summarise({PLAIN: runs[PLAIN], name: runs[name]}, PLAIN, name)
+    return {"median_s": s[name], "ratio": s["ratio"], "ratio_paired": s["ratio_paired"], "ratio_min": s["ratio_min"],
+            "ratio_cpu": s["ratio_cpu"]}
+
+
+def _memory_block(mem: dict, method: str) -> dict:
+    return {PLAIN: mem[PLAIN], MOSMOS: mem[MOSMOS], "ratio": _ratio(mem[MOSMOS], mem[PLAIN]), "method": method}
+
+
+def measure_memory(args, names: dict, trainers: dict, step_fns: dict, predictors: dict, image, plans: dict,
+                   dataset_json: dict, configuration: str, device, workdir: Path) -> dict:
+    """``{"train": {variant: MB}, "inference": {...}, "method": {...}, ...}`` for every variant, or None
+    values when memory is not measured (CPU with ``--no-isolate-memory``)."""
+    import torch
+
+    phases = ["train"] + ([] if image is None else ["inference"])
+    if args.isolate_memory:
+        spec = {"plans": plans, "dataset_json": dataset_json, "configuration": configuration, "device": str(device),
+                "compile": args.compile, "mirroring": args.mirroring, "image_scale": args.image_scale,
+                "threads": args.threads}
+        jobs = [dict(spec, trainer=names[n], phase=ph) for ph in phases for n in names]
+        t0 = time.time()
+        res = isolated_memory(jobs, workdir, parallel=args.memory_parallel, repeats=args.memory_repeats)
+        print(f"[bench] {configuration}: isolated memory in {time.time() - t0:.0f} s", file=sys.stderr)
+        by = {(ph, n): r for (ph, n), r in zip([(ph, n) for ph in phases for n in names], res)}
+        how = ("cuda max_memory_allocated" if device.type == "cuda" else
+               "peak RSS while running over the RSS after imports and inputs, i.e. everything the variant adds "
+               "(Linux: VmHWM reset through /proc/self/clear_refs after building, MALLOC_MMAP_THRESHOLD_=131072)")
+        out = {"method": {ph: f"fresh subprocess per variant: {how}, "
+                              f"{'2 train steps' if ph == 'train' else 'one prediction'}"
+                              + (f", median of {args.memory_repeats} processes" if args.memory_repeats > 1 else "")
+                          for ph in phases}}
+        for ph in phases:
+            out[ph] = {n: by[(ph, n)]["peak_mb"] for n in names}
+            if args.memory_repeats > 1:
+                out[f"{ph}_runs"] = {n: by[(ph, n)]["runs_mb"] for n in names}
+            if device.type != "cuda":
+                out[f"{ph}_baseline_rss"] = {n: by[(ph, n)].get("baseline_rss_mb") for n in names}
+        return out
+    if device.type == "cuda":
+        out = {"train": cuda_peak_train_mb(trainers, step_fns, device),
+               "method": {"train": "cuda max_memory_allocated during one train step above the live baseline + the "
+                                   "variant's resident tensors (weights, optimizer state, text encoder)"}}
+        if image is not None:
+            with torch.no_grad():
+                out["inference"] = cuda_peak_inference_mb(predictors, image, device)
+            out["method"]["inference"] = "cuda max_memory_allocated during prediction + weights"
+        return out
+    return {ph: {n: None for n in names} for ph in phases} | {
+        "method": {ph: "not measured on CPU with --no-isolate-memory" for ph in phases}}
+
+
 def bench_configuration(args, plans: dict, dataset_json: dict, configuration: str, device, workdir: Path) -> dict:
     import torch
 
-    names = {PLAIN: args.plain_trainer, MOSMOS: args.trainer}
-    if args.prototypes:
-        names.update({k: v for k, v in PROTOTYPES.items()})
+    names = variant_names(args)
+    extras = [n for n in names if n not in (PLAIN, MOSMOS)]
     trainers = {}
     for name, cls_name in names.items():
         trainers[name] = build_trainer(trainer_class(cls_name), plans, configuration, dataset_json, device)
@@ -621,7 +593,8 @@ def bench_configuration(args, plans: dict, dataset_json: dict, configuration: st
             "text_encoder": mos.text_encoder_name,
             "params_m": {n: round(sum(p.numel() for p in _unwrap(t.network).parameters()) / 1e6, 3)
                          for n, t in trainers.items()},
-            "text_encoder_params_m": round(sum(p.numel() for p in mos.text_encoder.parameters()) / 1e6, 3)}
+            "text_encoder_params_m": None if mos.text_encoder is None else  # released by a frozen-prompt trainer
+            round(sum(p.numel() for p in mos.text_encoder.parameters()) / 1e6, 3)}
     result: dict = {"plans": info}
 
     step_fns = {n: (lambda t=t: t.train_step(batch)) for n, t in trainers.items()}
@@ -629,19 +602,19 @@ def bench_configuration(args, plans: dict, dataset_json: dict, configuration: st
     runs = interleaved(step_fns, device, args.warmup, args.repeats, args.steps)
     result["train_step_s"] = summarise({n: runs[n] for n in (PLAIN, MOSMOS)})
     result["train_step_s"]["steps_per_repeat"] = args.steps
-    protos = {}
-    for name in PROTOTYPES if args.prototypes else ():
-        s = summarise({PLAIN: runs[PLAIN], name: runs[name]}, PLAIN, name)
-        protos[name] = {"class": PROTOTYPES[name], "train_step_s": s[name], "ratio_vs_plain": s["ratio"],
-                        "ratio_paired": s["ratio_paired"], "ratio_min": s["ratio_min"], "ratio_cpu": s["ratio_cpu"],
-                        "gain_vs_mosmos": _ratio(result["train_step_s"][MOSMOS], s[name])}
+    entries = {}
+    for name in extras:
+        v = _versus_plain(runs, name)
+        entries[name] = {"class": names[name], "train_step_s": v["median_s"], "ratio_vs_plain": v["ratio"],
+                         "ratio_paired": v["ratio_paired"], "ratio_min": v["ratio_min"], "ratio_cpu": v["ratio_cpu"],
+                         "gain_vs_mosmos": _ratio(result["train_step_s"][MOSMOS], v["median_s"]),
+                         "params_m": info["params_m"][name]}
     print(f"[bench] {configuration}: train steps timed in {time.time() - t0:.0f} s", file=sys.stderr)
 
-    image = None
+    image, predictors = None, {}
     if not args.no_inference:
         image = inference_image(cm, mos.num_input_channels, args.image_scale)
-        inf_names = (PLAIN, MOSMOS) + (tuple(PROTOTYPES) if args.prototypes else ())
-        predictors = {n: make_predictor(trainers[n], device, args.mirroring, args.compile) for n in inf_names}
+        predictors = {n: make_predictor(trainers[n], device, args.mirroring, args.compile) for n in names}
         n_tiles = len(predictors[PLAIN]._internal_get_sliding_window_slicers(image.shape[1:]))
         image = image.to(device) if device.type == "cuda" else image
         result["plans"].update(inference_image_shape=list(image.shape), inference_tiles=n_tiles,
@@ -652,57 +625,34 @@ def bench_configuration(args, plans: dict, dataset_json: dict, configuration: st
                                     for n, p in predictors.items()},
                                    device, max(1, args.warmup), args.repeats, 1)
         result["inference_s"] = summarise({n: inf_runs[n] for n in (PLAIN, MOSMOS)})
-        for name in protos:
-            s = summarise({PLAIN: inf_runs[PLAIN], name: inf_runs[name]}, PLAIN, name)
-            protos[name]["inference_ratio_vs_plain"] = s["ratio"]
+        for name in extras:
+            v = _versus_plain(inf_runs, name)
+            entries[name].update(inference_s=v["median_s"], inference_ratio_vs_plain=v["ratio"])
         print(f"[bench] {configuration}: inference timed in {time.time() - t0:.0f} s", file=sys.stderr)
 
-    # peak memory
-    if device.type == "cuda" and not args.isolate_memory:
-        mem = cuda_peak_train_mb({n: trainers[n] for n in (PLAIN, MOSMOS)},
-                                 {n: step_fns[n] for n in (PLAIN, MOSMOS)}, device)
-        result["peak_mem_mb"] = {**mem, "ratio": _ratio(mem[MOSMOS], mem[PLAIN]),
-                                 "method": "cuda max_memory_allocated during one train step above the live "
-                                           "baseline + the variant's resident tensors (weights, optimizer state, "
-                                           "text encoder)"}
-        if image is not None:
-            with torch.no_grad():
-                mem = cuda_peak_inference_mb({n: predictors[n] for n in (PLAIN, MOSMOS)}, image, device)
-            result["inference_peak_mem_mb"] = {**mem, "ratio": _ratio(mem[MOSMOS], mem[PLAIN]),
-                                               "method": "cuda max_memory_allocated during prediction + weights"}
-    elif args.isolate_memory:
-        phases = ["train"] + ([] if args.no_inference else ["inference"])
-        spec = {"plans": plans, "dataset_json": dataset_json, "configuration": configuration, "device": str(device),
-                "compile": args.compile, "mirroring": args.mirroring, "image_scale": args.image_scale,
-                "threads": args.threads}
-        jobs = [dict(spec, trainer=names[n], phase=ph) for ph in phases for n in (PLAIN, MOSMOS)]
-        jobs += [dict(spec, trainer=names[n], phase="train") for n in protos]
-        t0 = time.time()
-        res = isolated_memory(jobs, workdir, parallel=args.memory_parallel)
-        for k, n in enumerate(protos):
-            protos[n]["peak_mem_mb"] = res[2 * len(phases) + k]["peak_mb"]
-            protos[n]["peak_mem_ratio_vs_plain"] = _ratio(res[2 * len(phases) + k]["peak_mb"], res[0]["peak_mb"])
-        for k, ph in enumerate(phases):
-            p, m = res[2 * k], res[2 * k + 1]
-            key = "peak_mem_mb" if ph == "train" else "inference_peak_mem_mb"
-            result[key] = {PLAIN: p["peak_mb"], MOSMOS: m["peak_mb"], "ratio": _ratio(m["peak_mb"], p["peak_mb"]),
-                           "method": ("fresh subprocess per variant: " + (
-                               "cuda max_memory_allocated" if device.type == "cuda" else
-                               "peak RSS while running over the RSS after imports and inputs, i.e. everything "
-                               "the variant adds (Linux: VmHWM reset through /proc/self/clear_refs after "
-                               "building, MALLOC_MMAP_THRESHOLD_=131072)")
-                                      + f", {'2 train steps' if ph == 'train' else 'one prediction'}")}
-            if device.type != "cuda":
-                result[key]["baseline_rss_mb"] = {PLAIN: p.get("baseline_rss_mb"), MOSMOS: m.get("baseline_rss_mb")}
-        print(f"[bench] {configuration}: isolated memory in {time.time() - t0:.0f} s", file=sys.stderr)
-    else:
-        for key in ("peak_mem_mb",) + (() if args.no_inference else ("inference_peak_mem_mb",)):
-            result[key] = {PLAIN: None, MOSMOS: None, "ratio": None,
-                           "method": "not measured on CPU without --isolate-memory"}
-    result["peak_mem_mb"]["text_encoder_mb"] = round(_resident_bytes(mos.text_encoder) / 2 ** 20, 1)
+    mem = measure_memory(args, names, trainers, step_fns, predictors, image, plans, dataset_json, configuration,
+                         device, workdir)
+    for phase, key in (("train", "peak_mem_mb"), ("inference", "inference_peak_mem_mb")):
+        if phase not in mem:
+            continue
+        result[key] = _memory_block(mem[phase], mem["method"][phase])
+        if f"{phase}_runs" in mem:
+            result[key]["runs_mb"] = {n: mem[f"{phase}_runs"][n] for n in (PLAIN, MOSMOS)}
+        if f"{phase}_baseline_rss" in mem:
+            result[key]["baseline_rss_mb"] = {n: mem[f"{phase}_baseline_rss"][n] for n in (PLAIN, MOSMOS)}
+        for name in extras:
+            entries[name][key] = mem[phase][name]
+            entries[name][f"{key.replace('_mb', '')}_ratio_vs_plain"] = _ratio(mem[phase][name], mem[phase][PLAIN])
+    result["peak_mem_mb"]["text_encoder_mb"] = round(resident_bytes(mos.text_encoder) / 2 ** 20, 1)
     result["targets"] = _targets(result)
-    if protos:
-        result["prototypes"] = protos
+    for entry in entries.values():
+        entry["targets"] = _targets({"train_step_s": {"ratio": entry["ratio_vs_plain"]},
+                                     "inference_s": {"ratio": entry.get("inference_ratio_vs_plain")},
+                                     "peak_mem_mb": {"ratio": entry.get("peak_mem_ratio_vs_plain")}})
+    if args.lean:
+        result[LEAN] = entries[LEAN] if LEAN in entries else None
+    if args.prototypes:
+        result["prototypes"] = {n: entries[n] for n in PROTOTYPES if n in entries}
     if args.profile:
         t0 = time.time()
         result["profile"] = {
@@ -728,14 +678,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--dataset-json", help="its dataset.json (default: next to --plans)")
     src.add_argument("-c", "--configurations", nargs="+", help="configurations (default: 2d 3d_fullres, those present)")
     src.add_argument("--patch", nargs="+", type=int, help="built-in plans-like configuration with this patch size")
-    src.add_argument("--batch-size", type=int, default=2, help="with --patch")
+    src.add_argument("--real-size", action="store_true",
+                     help="built-in plans-like configurations of nnU-Net's typical size: 2d 512x512 batch 12 "
+                          "(8 stages) and 3d_fullres 128x128x128 batch 2 (6 stages)")
+    src.add_argument("--batch-size", type=int,
+                     help="with --patch (default 2) or --real-size (default: per configuration)")
     src.add_argument("--base-features", type=int, default=32, help="with --patch")
     src.add_argument("--max-features", type=int, help="with --patch (default 512 for 2D, 320 for 3D)")
     src.add_argument("--num-classes", type=int, default=7, help="with --patch: foreground classes (= tags)")
     src.add_argument("--synthetic-shape", nargs=3, type=int, default=[32, 64, 64], metavar=("Z", "Y", "X"))
     src.add_argument("--synthetic-cases", type=int, default=4)
     run = p.add_argument_group("how")
-    run.add_argument("--quick", action="store_true", help="tiny plans-like patches, 2 repeats (< 60 s on 2 CPU cores)")
+    run.add_argument("--quick", action="store_true",
+                     help="tiny plans-like patches, 2 repeats, no mirroring (memory stays measured)")
     run.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     run.add_argument("--compile", action="store_true", help="torch.compile both networks (nnU-Net's path on CUDA)")
     run.add_argument("--repeats", type=int, help="timed rounds per variant, median reported (default 5; quick 2)")
@@ -751,11 +706,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     mirror.add_argument("--no-mirroring", dest="mirroring", action="store_false")
     run.add_argument("--image-scale", type=float, default=1.5, help="inference image = patch x this, in-plane")
     run.add_argument("--no-inference", action="store_true")
-    run.add_argument("--isolate-memory", action="store_true",
-                     help="peak memory per variant in fresh subprocesses (needed for a CPU number)")
+    isolate = run.add_mutually_exclusive_group()
+    isolate.add_argument("--isolate-memory", dest="isolate_memory", action="store_true", default=None,
+                         help="peak memory per variant in fresh subprocesses (the default on CPU, where it is the only "
+                              "way to a number; on CUDA memory is measured in-process unless this is given)")
+    isolate.add_argument("--no-isolate-memory", dest="isolate_memory", action="store_false",
+                         help="skip the memory subprocesses (on CPU memory is then reported as null)")
+    run.add_argument("--memory-repeats", type=int, default=1,
+                     help="fresh processes per variant and phase for the isolated memory (median reported; "
+                          "repeated runs agreed within 1 MB)")
     run.add_argument("--memory-parallel", type=int, default=2, help="memory subprocesses at a time")
     run.add_argument("--profile", action="store_true", help="per-module breakdown of a train step (torch.profiler)")
     run.add_argument("--profile-steps", type=int, default=2)
+    run.add_argument("--lean", action="store_true",
+                     help=f"also time the lean branch ({LEAN_TRAINER}, what nnUNetTrainerMOSMOS is since the "
+                          "CHAOS study) against plain in the same interleaved run; with --trainer "
+                          "nnUNetTrainerMOSMOS_full, full and lean side by side")
     run.add_argument("--prototypes", action="store_true", help="also time design alternatives (see docs/benchmarks.md)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--threads", type=int,
@@ -766,8 +732,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--keep-workspace", action="store_true", help="do not delete the temporary nnU-Net folders")
     p.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.plans and args.patch:
-        p.error("--plans and --patch are exclusive")
+    if sum(map(bool, (args.plans, args.patch, args.real_size))) > 1:
+        p.error("--plans, --patch and --real-size are exclusive")
+    if args.memory_repeats < 1:
+        p.error("--memory-repeats must be >= 1")
+    if args.isolate_memory is None:
+        args.isolate_memory = args.device == "cpu"
     args.repeats = args.repeats or (2 if args.quick else 5)
     if args.mirroring is None:
         args.mirroring = not args.quick
@@ -797,12 +767,18 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             if args.plans:
                 plans, dj = read_plans(args.plans, args.dataset_json)
                 source = f"plans file {args.plans}"
+            elif args.real_size:
+                plans, dj = plans_like({c: plans_like_configuration(
+                    r["patch"], args.batch_size or r["batch_size"], args.base_features, args.max_features,
+                    max_stages=r.get("max_stages")) for c, r in REAL_SIZE.items()})
+                source = ("built-in real-size plans-like configurations (2d 512x512 batch 12, 3d_fullres 128x128x128 "
+                          "batch 2; benchmarks.common.plans_like_configuration)")
             elif args.patch or args.quick:
                 patches = {("2d" if len(args.patch) == 2 else "3d_fullres"): args.patch} if args.patch \
                     else QUICK_PATCHES
                 labels = DEFAULT_LABELS if not args.patch or args.num_classes == 7 else \
                     {"background": 0, **{f"organ_{i + 1}": i + 1 for i in range(args.num_classes)}}
-                plans, dj = plans_like({c: plans_like_configuration(pt, args.batch_size, args.base_features,
+                plans, dj = plans_like({c: plans_like_configuration(pt, args.batch_size or 2, args.base_features,
                                                                     args.max_features)
                                         for c, pt in patches.items()}, labels)
                 source = "built-in plans-like configuration (benchmarks.common.plans_like_configuration)"
@@ -824,6 +800,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 "quick": args.quick, "repeats": args.repeats, "warmup": args.warmup, "steps_per_repeat": args.steps,
                 "plain_trainer": args.plain_trainer, "mosmos_trainer": args.trainer, "text_encoder": text_encoder,
                 "mirroring": args.mirroring, "tile_step_size": 0.5, "isolate_memory": args.isolate_memory,
+                "memory_repeats": args.memory_repeats if args.isolate_memory else None, "real_size": args.real_size,
+                "lean": args.lean, "variants": variant_names(args),
                 "torch_threads": torch.get_num_threads(),
                 "timing": "wall-clock seconds, interleaved rounds (order alternates), median over repeats"}
             result["configurations"] = {}

@@ -12,6 +12,12 @@ Why these three numbers per grid point (batch size x image size):
   of the encoder's speed that the recipe keeps.
 * **components_ms** time the additions alone (same shapes, forward + backward where they learn) so
   that the gap ``step_ms_full - step_ms_ceiling`` is explained rather than guessed.
+* **peak_mem_mb** (full, ceiling, ratio = full / ceiling): on CPU, by default, each of the two in a
+  fresh subprocess (peak RSS growth, as in the overhead benchmark; ``--no-isolate-memory`` skips it);
+  on CUDA ``max_memory_allocated`` during one step plus the resident weights and optimizer state.
+
+``--real-size`` times nnU-Net's typical input at a small batch (512x512 at batch 12; 128x128x128 at
+batch 2 with ``--dim 3``).
 
 Batches are synthetic and generated before timing (random images, captions that name random organs
 of the tag vocabulary, the matching multi-hot tag targets): data loading and augmentation are
@@ -27,26 +33,32 @@ import argparse
 import contextlib
 import copy
 import datetime as _dt
+import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import emit_json, interleaved, machine, median_ms, sync, versions
+from benchmarks.common import (PeakRSS, emit_json, interleaved, json_default, machine, median_ms, preimport_text_stack,
+                               resident_bytes, run_memory_workers, sync, versions)
 from nnunet_mosmos.tags import TagVocabulary
 from nnunet_mosmos.text import TextEncoder, portable_reference
 from pretrain.engine import (GRAD_CLIP, PretrainConfig, PretrainError, Trainer, build_model, make_optimizer,
                              setup_runtime)
-from pretrain.model import PretrainModel
+from pretrain.model import PretrainModel, build_encoder
 from pretrain.plans import PlansError, encoder_spec
 
 DEFAULT_BATCH_SIZES = [8, 16, 32]
 DEFAULT_IMAGE_SIZES = [[64], [128], [256]]
 QUICK = {"batch_size": [4], "image_size": [[32]], "repeats": 2}
+#: --real-size: nnU-Net's typical input at a small batch (a 512x512 2d slice; a 128^3 3d_fullres patch)
+REAL_SIZE = {2: {"image_size": [512], "batch_size": [12]}, 3: {"image_size": [128, 128, 128], "batch_size": [2]}}
 CAPTION_TEMPLATES = ("Axial CT image showing the {}.", "Contrast-enhanced scan of the {} with no acute finding.",
                      "MRI demonstrates a lesion adjacent to the {}.")
 
@@ -159,7 +171,110 @@ def component_times(trainer: _StepTrainer, ceiling_optimizer, batch: dict, tag_n
     return result
 
 
-def bench_point(model: PretrainModel, ceiling_encoder, batch_size: int, image_size, args, rt) -> dict:
+def cuda_peak_mb(steps: dict, modules: dict, device) -> dict:
+    """Per variant: peak allocated during one step above what was live before (gradients dropped
+    first), plus the tensors it keeps resident (weights, buffers, optimizer state)."""
+    out = {}
+    for name, step in steps.items():
+        for m in modules.values():
+            for obj in m:
+                if isinstance(obj, torch.nn.Module):
+                    obj.zero_grad(set_to_none=True)
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        out[name] = round((peak + resident_bytes(*modules[name])) / 2 ** 20, 1)
+    return out
+
+
+def memory_worker(spec: dict) -> dict:
+    """Runs in a fresh process: peak memory of the full step or the ceiling for one grid point.
+
+    Everything the variant adds counts (CPU: peak RSS growth over the RSS after imports and the
+    batch; see :class:`benchmarks.common.PeakRSS`): for the full step the text encoder, the model,
+    AdamW's state and the activations; for the ceiling the encoder, its AdamW state and activations.
+    """
+    import gc
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    rt = setup_runtime(spec["device"], "auto" if spec["amp"] else "off")
+    enc_spec = encoder_spec(spec["dataset"], spec["configuration"], spec["plans"], spec["size"], dim=spec["dim"])
+    cfg = PretrainConfig()
+    tag_names = TagVocabulary.default().names
+    with contextlib.redirect_stdout(sys.stderr):
+        batch = synthetic_batch(spec["batch"], enc_spec.image_size, tag_names, spec["seed"] + spec["batch"], rt.device)
+        preimport_text_stack()
+        gc.collect()
+        cuda = rt.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(rt.device)
+            base = torch.cuda.memory_allocated(rt.device)
+        rss = PeakRSS().start()
+        torch.manual_seed(spec["seed"])
+        if spec["variant"] == "full":
+            model = build_model(enc_spec, TextEncoder(spec["text_encoder"]).to(rt.device), tag_names, cfg).to(rt.device)
+            if spec["compile"]:
+                model.encoder.compile()
+            trainer = _StepTrainer(model, rt, cfg)
+            model.train()
+
+            def step():
+                trainer.train_step(batch)
+        else:
+            encoder = build_encoder(enc_spec).to(rt.device)
+            if spec["compile"]:
+                encoder.compile()
+            encoder.train()
+            step, _ = ceiling_step_fn(encoder, batch["image"], rt, cfg.lr, cfg.weight_decay)
+        gc.collect()
+        if cuda:
+            torch.cuda.synchronize(rt.device)
+            torch.cuda.reset_peak_memory_stats(rt.device)
+        else:
+            rss.settle()  # what was built stays counted (it is resident); transient loading peaks do not
+        for _ in range(2):
+            step()
+        sync(rt.device)
+    if cuda:
+        return {"peak_mb": (torch.cuda.max_memory_allocated(rt.device) - base) / 2 ** 20,
+                "method": "cuda_max_memory_allocated"}
+    return rss.growth_mb()
+
+
+def point_memory(args, rt, size, batch_size: int, steps: dict, modules: dict, workdir) -> dict:
+    """``{full, ceiling, ratio (full / ceiling), method}`` in MB; None values with ``--no-isolate-memory`` on CPU."""
+    if args.isolate_memory:
+        base = {"device": str(rt.device), "threads": args.threads, "amp": args.amp, "compile": args.compile,
+                "dataset": args.dataset, "configuration": args.configuration, "plans": args.plans,
+                "size": size, "dim": args.dim, "batch": batch_size, "seed": args.seed,
+                "text_encoder": args.text_encoder}
+        res = run_memory_workers("benchmarks.pretrain_throughput", [dict(base, variant=v) for v in ("full", "ceiling")],
+                                 workdir, parallel=2, repeats=args.memory_repeats)
+        mem = {v: round(r["peak_mb"], 1) for v, r in zip(("full", "ceiling"), res)}
+        how = ("cuda max_memory_allocated" if rt.device.type == "cuda" else
+               "peak RSS growth over the RSS after imports and the batch (Linux: VmHWM reset through "
+               "/proc/self/clear_refs after building, MALLOC_MMAP_THRESHOLD_=131072)")
+        out = {**mem, "method": f"fresh subprocess per variant, 2 train steps: {how}"
+                                + (f", median of {args.memory_repeats} processes" if args.memory_repeats > 1 else "")}
+        if args.memory_repeats > 1:
+            out["runs_mb"] = {v: r["runs_mb"] for v, r in zip(("full", "ceiling"), res)}
+    elif rt.device.type == "cuda":
+        out = {**cuda_peak_mb(steps, modules, rt.device),
+               "method": "cuda max_memory_allocated during one step above the live baseline + the variant's "
+                         "resident tensors (weights incl. the text encoder, AdamW state)"}
+    else:
+        return {"full": None, "ceiling": None, "ratio": None, "method": "not measured on CPU with --no-isolate-memory"}
+    out["ratio"] = round(out["full"] / out["ceiling"], 4) if out["ceiling"] else None
+    return out
+
+
+def bench_point(model: PretrainModel, ceiling_encoder, batch_size: int, image_size, args, rt, size=None,
+                workdir=None) -> dict:
     """Full vs ceiling for one (batch size, image size), interleaved rounds, then the components."""
     cfg = PretrainConfig()
     tag_names = model.tag_names
@@ -188,6 +303,10 @@ def bench_point(model: PretrainModel, ceiling_encoder, batch_size: int, image_si
         trainer.train_step(batch)
         sync(rt.device)
         point["cuda_peak_mb_full"] = round(torch.cuda.max_memory_allocated(rt.device) / 2 ** 20, 1)
+    if workdir is not None:
+        point["peak_mem_mb"] = point_memory(
+            args, rt, size, batch_size, {"full": lambda: trainer.train_step(batch), "ceiling": ceiling},
+            {"full": (model, trainer.optimizer), "ceiling": (ceiling_encoder, ceiling_optimizer)}, workdir)
     if not args.no_components:
         parts = component_times(trainer, ceiling_optimizer, batch, tag_names, rt, args.repeats)
         parts["gap_full_minus_ceiling"] = round(point["step_ms_full"] - point["step_ms_ceiling"], 3)
@@ -226,11 +345,24 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "torch_threads": torch.get_num_threads(), "dim": args.dim,
         "text_encoder": portable_reference(text.name_or_path), "text_encoder_dim": text.dim,
         "num_tags": len(vocab), "objectives": list(PretrainConfig().objectives), "source": None,
-        "batch_sizes": args.batch_size,
+        "batch_sizes": args.batch_size, "real_size": args.real_size, "isolate_memory": args.isolate_memory,
+        "memory_repeats": args.memory_repeats if args.isolate_memory else None,
         "timing": "wall-clock seconds per train step, full and ceiling in interleaved rounds (order alternates), "
                   "median over repeats after warm-up; components: median ms, each timed alone"}
     result["grid"] = []
-    for spec in args.specs:
+    workdir = Path(tempfile.mkdtemp(prefix="mosmos_bench_pretrain_"))
+    try:
+        _run_grid(args, rt, text, vocab, result, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result["elapsed_s"] = round(time.time() - started, 1)
+    with contextlib.suppress(OSError):
+        result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+def _run_grid(args, rt, text, vocab, result: dict, workdir: Path) -> None:
+    for spec, size in zip(args.specs, args.spec_sizes):
         result["settings"]["source"] = (f"plans {spec.target['dataset']}/{spec.target['plans']}/"
                                         f"{spec.target['configuration']}" if spec.target
                                         else "default topology (pretrain.plans.default_arch_kwargs)")
@@ -243,7 +375,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         encoder = encoder_summary(model, spec)
         for batch_size in args.batch_size:
             t0 = time.time()
-            point = bench_point(model, ceiling_encoder, batch_size, spec.image_size, args, rt)
+            point = bench_point(model, ceiling_encoder, batch_size, spec.image_size, args, rt, size, workdir)
             point["encoder"] = encoder
             result["grid"].append(point)
             print(f"[bench_pretrain] batch {batch_size} image {list(spec.image_size)}: "
@@ -252,10 +384,6 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         del model, ceiling_encoder
         if rt.device.type == "cuda":
             torch.cuda.empty_cache()
-    result["elapsed_s"] = round(time.time() - started, 1)
-    with contextlib.suppress(OSError):
-        result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    return result
 
 
 def plot(result: dict, path: Path) -> None:
@@ -309,6 +437,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "repeat for a grid, e.g. --image-size 64 --image-size 128 (default 64, 128, 256; "
                            "with -d/-c the configuration's patch size)")
     what.add_argument("--dim", type=int, choices=[2, 3], default=2, help="2D images or 3D patches")
+    what.add_argument("--real-size", action="store_true",
+                      help="nnU-Net's typical input at a small batch: 512x512 at batch 12 (2D), 128x128x128 at batch 2 "
+                           "(--dim 3); --batch-size still applies")
     what.add_argument("-d", "--dataset", help="nnU-Net dataset whose plans give the encoder (as mosmos-pretrain)")
     what.add_argument("-c", "--configuration", help="its configuration (2D twin with --dim 2)")
     what.add_argument("-p", "--plans", default="nnUNetPlans", help="plans name")
@@ -323,6 +454,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     how.add_argument("--repeats", type=int, help="timed rounds per variant, median reported (default 3; quick 2)")
     how.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     how.add_argument("--no-components", action="store_true", help="skip the per-component timings")
+    isolate = how.add_mutually_exclusive_group()
+    isolate.add_argument("--isolate-memory", dest="isolate_memory", action="store_true", default=None,
+                         help="peak memory of the full step and the ceiling in fresh subprocesses (the default on "
+                              "CPU; on CUDA memory is measured in-process unless this is given)")
+    isolate.add_argument("--no-isolate-memory", dest="isolate_memory", action="store_false",
+                         help="skip the memory subprocesses (on CPU memory is then reported as null)")
+    how.add_argument("--memory-repeats", type=int, default=1, help="fresh processes per variant (median reported)")
     how.add_argument("--threads", type=int,
                      help="torch.set_num_threads; default on CPU 1 (see docs/benchmarks.md: shared machines), "
                           "0 = torch's default")
@@ -330,7 +468,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     out = p.add_argument_group("output")
     out.add_argument("--json", help="also write the JSON here")
     out.add_argument("--plot", help="write a PNG of pairs/s vs batch size (full and ceiling per image size)")
+    p.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.memory_worker:
+        return args
+    if args.real_size:
+        if args.image_size or args.configuration:
+            p.error("--real-size sets the image size: drop --image-size and -d/-c")
+        args.image_size = [REAL_SIZE[args.dim]["image_size"]]
+        args.batch_size = args.batch_size or REAL_SIZE[args.dim]["batch_size"]
 
     if args.quick:
         args.batch_size = args.batch_size or QUICK["batch_size"]
@@ -353,6 +499,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     f"use (--dim {args.dim}); repeat --image-size for a grid")
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
+    if args.memory_repeats < 1:
+        p.error("--memory-repeats must be >= 1")
+    if args.isolate_memory is None:
+        args.isolate_memory = args.device == "cpu"
     if args.device != "cuda" and (args.amp or args.compile):
         p.error("--amp and --compile are for GPUs: add --device cuda (CPU timings are taken in fp32, eager)")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -360,8 +510,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.threads is None and args.device == "cpu":
         args.threads = 1
     try:  # bad -d/-c/-p fail here, before minutes of model loading
+        args.spec_sizes = args.image_size or [None]  # as given: the memory workers rebuild each spec from it
         args.specs = [encoder_spec(args.dataset, args.configuration, args.plans, size, dim=args.dim)
-                      for size in args.image_size or [None]]
+                      for size in args.spec_sizes]
     except PlansError as e:
         p.error(str(e))
     for name in ("json", "plot"):
@@ -374,6 +525,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.memory_worker:
+        spec = json.loads(Path(args.memory_worker).read_text())
+        print(json.dumps(memory_worker(spec), default=json_default))
+        return 0
     args.argv = argv
     with contextlib.redirect_stdout(sys.stderr):  # nnU-Net / transformers chatter must not corrupt the JSON
         result = run_benchmark(args)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_mosmos.encoders import DEFAULT_TAG_STRIDE, stage_for_stride
+from nnunet_mosmos.encoders import DEFAULT_TAG_STRIDE, encoder_from_architecture, stage_for_stride
 from nnunet_mosmos.tag_decoder import DEFAULT_DECODER_PRESET, TagDecoder, decoder_preset
 from nnunet_mosmos.text import DEFAULT_CONTEXT_INIT, DEFAULT_N_CTX, PromptContext, TextEncoder
 from pretrain.objectives import masked_stage_means, projector
@@ -36,11 +36,7 @@ MAX_LOGIT_SCALE = 100.0  # temperature never below 0.01 (CLIP's clamp)
 
 def build_encoder(spec) -> nn.Module:
     """The ``.encoder`` of nnU-Net's network for ``spec`` (2D or 3D, 1 input channel, nnU-Net's init)."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-
-    net = get_network_from_plans(spec.arch_class_name, spec.arch_kwargs, spec.arch_kwargs_req_import, 1, 2,
-                                 allow_init=True, deep_supervision=False)
-    return net.encoder
+    return encoder_from_architecture(spec.arch_class_name, spec.arch_kwargs, spec.arch_kwargs_req_import, 1)
 
 
 class PretrainModel(nn.Module):
@@ -77,9 +73,13 @@ class PretrainModel(nn.Module):
         pooled = skips[-1].flatten(2).mean(-1)  # global average pool of the deepest stage
         return F.normalize(self.image_proj(pooled).float(), dim=-1), skips
 
+    #: optional ``pretrain.text_cache.ReportEmbeddingCache`` of the frozen encoder's features (training only)
+    report_cache = None
+
     def encode_text(self, texts) -> torch.Tensor:
         with torch.no_grad():
-            feats = self.text.encode(texts)
+            cached = self.report_cache is not None and self.training
+            feats = self.report_cache(texts) if cached else self.text.encode(texts)
         return F.normalize(self.text_proj(feats).float(), dim=-1)
 
     def forward(self, images: torch.Tensor, texts, view2: torch.Tensor | None = None,

@@ -7,6 +7,8 @@
     python scripts/bench_pretrain.py -d 901 -c 2d                    # the encoder of a dataset's plans
     python scripts/bench_pretrain.py --dim 3 --image-size 32 64 64   # 3D patches
     python scripts/bench_pretrain.py --device cuda --amp --compile --batch-size 32 64 128
+    python scripts/bench_pretrain.py --real-size [--dim 3]       # 512x512 at batch 12 (128^3 at batch 2)
+    python scripts/bench_pretrain.py --no-isolate-memory         # skip the memory subprocesses (CPU)
 
 Prints JSON (see docs/benchmarks.md); the logic lives in ``benchmarks/pretrain_throughput.py``.
 """

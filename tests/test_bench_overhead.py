@@ -31,7 +31,8 @@ def quick_result(tiny_text_encoder, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "quick.json"
     env = dict(os.environ, MOSMOS_TEXT_ENCODER=str(tiny_text_encoder), HF_HUB_OFFLINE="1")
     env.pop("MOSMOS_PRETRAINED", None)
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--isolate-memory", "--profile",
+    # memory is measured by default on CPU (fresh subprocesses); no flag needed
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--profile",
                            "--text-encoder", str(tiny_text_encoder), "-o", str(out)],
                           env=env, capture_output=True, text=True, timeout=600, cwd=str(REPO))
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -48,6 +49,7 @@ def test_quick_json_shape(quick_result, tiny_text_encoder):
     assert {"platform", "processor", "cpu_count"} <= set(r["machine"])
     s = r["settings"]
     assert s["quick"] is True and s["device"] == "cpu" and s["repeats"] == 2 and s["mirroring"] is False
+    assert s["isolate_memory"] is True and s["memory_repeats"] == 1 and s["lean"] is False and s["real_size"] is False
     assert s["text_encoder"] == str(tiny_text_encoder)
     assert set(r["configurations"]) == {"2d", "3d_fullres"}
     for name, c in r["configurations"].items():
@@ -57,6 +59,7 @@ def test_quick_json_shape(quick_result, tiny_text_encoder):
         assert plans["inference_tiles"] >= 2
         for key in ("train_step_s", "inference_s", "peak_mem_mb", "inference_peak_mem_mb"):
             _check_pair(c[key], f"{name}.{key}")
+        assert "fresh subprocess" in c["peak_mem_mb"]["method"] and "lean" not in c
         for key in ("ratio_paired", "ratio_min", "ratio_cpu"):
             assert _positive_finite(c["train_step_s"][key])
         assert len(c["train_step_s"]["runs"]["plain"]) == len(c["train_step_s"]["runs"]["mosmos"]) == 2
@@ -82,7 +85,8 @@ def test_plans_file_and_prototypes_in_process(tiny_text_encoder, tmp_path, monke
     monkeypatch.setenv("nnUNet_results", "/somewhere/else")
     out = tmp_path / "r.json"
     assert overhead.main(["--plans", str(tmp_path / "nnUNetPlans.json"), "-c", "2d", "--quick", "--prototypes",
-                           "--text-encoder", str(tiny_text_encoder), "-o", str(out)]) == 0
+                          "--lean", "--no-isolate-memory", "--text-encoder", str(tiny_text_encoder),
+                          "-o", str(out)]) == 0
     r = json.loads(out.read_text())
     assert os.environ["nnUNet_results"] == "/somewhere/else"
     c = r["configurations"]["2d"]
@@ -92,6 +96,14 @@ def test_plans_file_and_prototypes_in_process(tiny_text_encoder, tmp_path, monke
     assert set(c["prototypes"]) == set(prototypes.PROTOTYPES)
     for p in c["prototypes"].values():
         assert _positive_finite(p["ratio_vs_plain"]) and _positive_finite(p["inference_ratio_vs_plain"])
+        assert p["peak_mem_mb"] is None and p["peak_mem_ratio_vs_plain"] is None
+        assert set(p["targets"]) == {"train_step_s", "inference_s", "peak_mem_mb"}
+    # --lean: the shipped variant in the same interleaved run (the prototype of that name is the same class)
+    lean = c["lean"]
+    assert lean["class"] == "nnUNetTrainerMOSMOS_lean" == c["prototypes"]["lean"]["class"]
+    assert _positive_finite(lean["ratio_vs_plain"]) and _positive_finite(lean["gain_vs_mosmos"])
+    assert lean["params_m"] < c["plans"]["params_m"]["mosmos"]
+    assert r["settings"]["variants"]["lean"] == "nnUNetTrainerMOSMOS_lean" and r["settings"]["isolate_memory"] is False
 
 
 def test_plans_like_topology():
@@ -104,6 +116,51 @@ def test_plans_like_topology():
     assert c3["architecture"]["arch_kwargs"]["strides"] == [[1, 1, 1], [2, 2, 2], [2, 2, 2], [1, 2, 2]]
     with pytest.raises(ValueError):
         plans_like_configuration([32])
+
+
+def test_memory_default_and_real_size_plans(capsys):
+    """Memory is measured by default on CPU (opt out with --no-isolate-memory), in-process on CUDA; --real-size
+    is nnU-Net's typical 2d (512x512, batch 12, 8 stages) and 3d_fullres (128^3, batch 2, 6 stages) plans."""
+    from benchmarks.common import plans_like_configuration
+    from benchmarks.overhead import REAL_SIZE, parse_args, variant_names
+
+    assert parse_args([]).isolate_memory is True
+    assert parse_args(["--quick"]).isolate_memory is True
+    assert parse_args(["--no-isolate-memory"]).isolate_memory is False
+    assert parse_args(["--device", "cuda"]).isolate_memory is False
+    assert parse_args(["--device", "cuda", "--isolate-memory"]).isolate_memory is True
+    assert list(variant_names(parse_args(["--lean"]))) == ["plain", "mosmos", "lean"]
+    for argv in (["--real-size", "--patch", "32", "32"], ["--real-size", "--plans", "x.json"],
+                 ["--memory-repeats", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        capsys.readouterr()
+    r2 = REAL_SIZE["2d"]
+    c2 = plans_like_configuration(r2["patch"], r2["batch_size"], max_stages=r2["max_stages"])
+    a2 = c2["architecture"]["arch_kwargs"]
+    assert c2["patch_size"] == [512, 512] and c2["batch_size"] == 12
+    assert a2["n_stages"] == 8 and a2["features_per_stage"] == [32, 64, 128, 256, 512, 512, 512, 512]
+    c3 = plans_like_configuration(REAL_SIZE["3d_fullres"]["patch"], REAL_SIZE["3d_fullres"]["batch_size"])
+    a3 = c3["architecture"]["arch_kwargs"]
+    assert c3["patch_size"] == [128, 128, 128] and c3["batch_size"] == 2
+    assert a3["n_stages"] == 6 and a3["features_per_stage"] == [32, 64, 128, 256, 320, 320]
+
+
+def test_prototypes_are_class_attributes_only():
+    """No prototype patches a shipped module: each is a shipped trainer or a one-attribute subclass."""
+    import nnunet_mosmos.training as shipped
+    from benchmarks.overhead import trainer_class
+    from benchmarks.prototypes import PROTOTYPES
+
+    base = shipped.nnUNetTrainerMOSMOS
+    for name, cls_name in PROTOTYPES.items():
+        cls = trainer_class(cls_name)
+        assert issubclass(cls, base), name
+        if not hasattr(shipped, cls_name):
+            own = {k for k in vars(cls) if not k.startswith("__")}
+            assert len(own) == 1 and own <= {"tag_decoder_kwargs", "tag_injection_levels"}, (name, own)
+    assert trainer_class(PROTOTYPES["lean"]) is shipped.nnUNetTrainerMOSMOS_lean
+    assert trainer_class(PROTOTYPES["cached_embeddings"]) is shipped.nnUNetTrainerMOSMOS_frozenPrompt
 
 
 def test_harness_imports_public_names_only_and_the_packages_never_import_it():

@@ -47,7 +47,8 @@ def preprocessed(tmp_path, monkeypatch) -> Path:
 def test_quick_grid_json_and_plot(tiny_text_encoder, tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "plot.png"
     proc = _run(["--quick", "--warmup", "0", "--batch-size", "2", "3", "--image-size", "16", "--image-size", "24", "16",
-                 "--text-encoder", str(tiny_text_encoder), "--json", str(out), "--plot", str(png)], tiny_text_encoder)
+                 "--no-isolate-memory", "--text-encoder", str(tiny_text_encoder), "--json", str(out),
+                 "--plot", str(png)], tiny_text_encoder)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r = json.loads(proc.stdout)  # stdout is the JSON and nothing else
     assert r == json.loads(out.read_text())
@@ -67,6 +68,7 @@ def test_quick_grid_json_and_plot(tiny_text_encoder, tmp_path):
         assert p["ratio"] == pytest.approx(p["pairs_per_s_full"] / p["pairs_per_s_ceiling"], rel=1e-2)
         assert p["pairs_per_s_full"] == pytest.approx(p["batch"] / p["step_ms_full"] * 1000, rel=1e-2)
         assert len(p["runs_s"]["full"]) == len(p["runs_s"]["ceiling"]) == 2
+        assert p["peak_mem_mb"]["full"] is None and "not measured" in p["peak_mem_mb"]["method"]
         assert COMPONENTS <= set(p["components_ms"])
         assert all(_positive_finite(p["components_ms"][k]) for k in COMPONENTS), p["components_ms"]
         enc = p["encoder"]
@@ -85,6 +87,11 @@ def test_quick_with_dataset_plans_in_3d(tiny_text_encoder, preprocessed):
     assert point["batch"] == 4 and point["image_size"] == [8, 16, 16]  # the plans' patch, not the quick default
     assert _positive_finite(point["pairs_per_s_full"]) and _positive_finite(point["pairs_per_s_ceiling"])
     assert "components_ms" not in point and len(point["runs_s"]["full"]) == 1
+    # memory by default on CPU: full step and ceiling each in a fresh process
+    mem = point["peak_mem_mb"]
+    assert r["settings"]["isolate_memory"] is True and "fresh subprocess" in mem["method"]
+    assert _positive_finite(mem["ceiling"]) and mem["full"] > mem["ceiling"]
+    assert mem["ratio"] == pytest.approx(mem["full"] / mem["ceiling"], rel=1e-2)
 
 
 def test_dataset_plans_give_the_2d_twin(preprocessed):
@@ -98,6 +105,15 @@ def test_default_grid():
     args = parse_args([])
     assert args.batch_size == [8, 16, 32]
     assert [s.image_size for s in args.specs] == [(64, 64), (128, 128), (256, 256)]
+    assert args.isolate_memory is True and parse_args(["--no-isolate-memory"]).isolate_memory is False
+
+
+def test_real_size():
+    """--real-size: nnU-Net's typical input at a small batch; --batch-size still applies."""
+    args = parse_args(["--real-size"])
+    assert [s.image_size for s in args.specs] == [(512, 512)] and args.batch_size == [12]
+    args = parse_args(["--real-size", "--dim", "3", "--batch-size", "4"])
+    assert [s.image_size for s in args.specs] == [(128, 128, 128)] and args.batch_size == [4]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -110,6 +126,8 @@ def test_default_grid():
     (["-c", "2d"], "-c/--configuration needs -d/--dataset"),
     (["-d", "950"], "-d/--dataset needs -c/--configuration"),
     (["--repeats", "0"], "--repeats must be >= 1"),
+    (["--memory-repeats", "0"], "--memory-repeats must be >= 1"),
+    (["--real-size", "--image-size", "64"], "--real-size sets the image size"),
     (["--json", "/nonexistent_folder/x.json"], "folder /nonexistent_folder does not exist"),
 ])
 def test_argument_errors(argv, message, capsys):
