@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from nnunet_mosmos.images import check_complete, read_image
+from nnunet_mosmos.io_checks import constant_image_warning, write_text_atomic
 from nnunet_mosmos.network import PLANS_KEY
+from nnunet_mosmos.slices import checkpoint_slices
 
 
 class AttentionAsLogits(nn.Module):
@@ -99,15 +102,29 @@ def overlay_png(image: np.ndarray, maps: np.ndarray, names: list[str], path: Pat
     return path
 
 
+def check_inputs(files) -> None:
+    """``TruncatedImageError`` for the first input file cut short, before anything is loaded or written:
+    here one file is a whole case (or channel), so a truncated one is refused, not skipped."""
+    for file in files:
+        check_complete(file)
+
+
+def _warner(log):
+    return log or (lambda msg: warnings.warn(msg, stacklevel=3))
+
+
 def model_folder_maps(model_folder: str | Path, input_files: list[list[str]], output_folder: str | Path,
                       fold="0", checkpoint_name: str = "checkpoint_final.pth", device: str = "cpu",
-                      png: bool = True) -> list[Path]:
+                      png: bool = True, log=None) -> list[Path]:
     """Write ``<case>_attention_<tag>.nii.gz`` (+ ``<case>_attention.png``) for each case.
 
     ``input_files``: per case the list of channel files, nnU-Net style (``CASE_0000.nii.gz``, ...).
+    ``log`` receives warnings (an image with one value everywhere); default: Python warnings.
     """
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    check_inputs(f for files in input_files for f in files)
+    warn = _warner(log)
     output_folder = Path(output_folder)
     output_folder.mkdir(parents=True, exist_ok=True)
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
@@ -131,6 +148,10 @@ def model_folder_maps(model_folder: str | Path, input_files: list[list[str]], ou
         case = Path(files[0]).name.split(".")[0].rsplit("_", 1)[0]
         data, _, props = preprocessor.run_case(files, None, predictor.plans_manager,
                                                predictor.configuration_manager, predictor.dataset_json)
+        message = constant_image_warning(data, f"case {case} ({', '.join(map(str, files))}, after nnU-Net's "
+                                               "preprocessing)")
+        if message:
+            warn(message)
         with torch.no_grad():
             maps = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data).float())[1:]
         maps = _to_original_geometry(maps, predictor, props)
@@ -142,27 +163,22 @@ def model_folder_maps(model_folder: str | Path, input_files: list[list[str]], ou
             image = predictor.plans_manager.image_reader_writer_class().read_images(files[:1])[0][0]
             written.append(overlay_png(image, maps, names, output_folder / f"{case}_attention.png",
                                        f"{case}: pixel-tag attention"))
-    (output_folder / "attention_maps.json").write_text(json.dumps(
+    write_text_atomic(output_folder / "attention_maps.json", json.dumps(
         {"model_folder": str(model_folder), "fold": str(fold), "tags": names,
          "files": [str(p.name) for p in written]}, indent=2))
     return written
 
 
-def _zscore_resize(slice_2d: np.ndarray, size) -> torch.Tensor:
-    x = torch.from_numpy(slice_2d.astype(np.float32))
-    x = (x - x.mean()) / x.std().clamp_min(1e-6)
-    return F.interpolate(x[None, None], size=tuple(size), mode="bilinear", align_corners=False)
-
-
 @torch.no_grad()
 def pretrained_maps(checkpoint: str | Path, image_files: list[str], output_folder: str | Path,
                     text_encoder: str | None = None, device: str = "cpu", png: bool = True,
-                    batch_size: int = 16) -> dict:
+                    batch_size: int = 16, log=None) -> dict:
     """Organ presence and per-tag maps from a pre-training checkpoint alone (no labels needed).
 
     2D images (PNG/JPG or 2D NIfTI) are one prediction; 3D volumes are processed slice by slice
     (axial, as pre-training saw them) and a tag's volume probability is its maximum over slices.
     Writes ``tag_probabilities.json``, per-tag NIfTI maps for 3D inputs (input geometry) and PNGs.
+    ``log`` receives warnings (an image with one value everywhere); default: Python warnings.
     """
     import SimpleITK as sitk
 
@@ -170,31 +186,36 @@ def pretrained_maps(checkpoint: str | Path, image_files: list[str], output_folde
     from nnunet_mosmos.tag_decoder import rescaled_maps
     from nnunet_mosmos.text import TextEncoder
 
+    check_inputs(image_files)
+    warn = _warner(log)
     ckpt = load_mosmos_checkpoint(checkpoint)
     dev = torch.device(device)
     encoder, decoder = recognition_modules(ckpt, dev)
     text = TextEncoder(text_encoder or ckpt["text_encoder"]["name_or_path"]).to(dev)
     tags = list(ckpt["vocabulary"])
     queries = text.encode_prompts(ckpt["prompt_context"].to(dev), tags)
-    size = ckpt["preprocessing"]["image_size"]
-    size = [size, size] if isinstance(size, int) else list(size)[-2:]
     stage = ckpt["tag_decoder"]["stage"]
     output_folder = Path(output_folder)
     output_folder.mkdir(parents=True, exist_ok=True)
     results = {}
     for file in image_files:
-        image = sitk.ReadImage(str(file))
+        image = read_image(file)
         if image.GetNumberOfComponentsPerPixel() > 1:  # RGB PNG -> grey
             image = sitk.VectorIndex(image, 0)
         array = sitk.GetArrayFromImage(image).astype(np.float32)
+        message = constant_image_warning(array, file)
+        if message:
+            warn(message)
         volume = array if array.ndim == 3 else array[None]
-        probs, maps = [], []
+        # pre-training's own view of the slices (nnunet_mosmos.slices); maps go back into the crop box
+        inputs, (top, left, ch, cw) = checkpoint_slices(volume, ckpt["preprocessing"])
+        probs, maps = [], np.zeros((len(tags), *volume.shape), dtype=np.float32)  # K x z x y x x
         for start in range(0, volume.shape[0], batch_size):
-            x = torch.cat([_zscore_resize(s, size) for s in volume[start:start + batch_size]]).to(dev)
-            out = decoder(encoder(x)[stage], queries)
+            out = decoder(encoder(inputs[start:start + batch_size].to(dev))[stage], queries)
             probs.append(torch.sigmoid(out.logits).cpu())
-            maps.append(rescaled_maps(out.attention, volume.shape[1:]).cpu())
-        probs, maps = torch.cat(probs), torch.cat(maps).transpose(0, 1).numpy()  # K x z x y x x
+            maps[:, start:start + batch_size, top:top + ch, left:left + cw] = \
+                rescaled_maps(out.attention, (ch, cw)).cpu().transpose(0, 1).numpy()
+        probs = torch.cat(probs)
         name = Path(file).name.split(".")[0]
         results[name] = {t: round(float(p), 4) for t, p in zip(tags, probs.max(0).values)}
         if array.ndim == 3:
@@ -203,8 +224,8 @@ def pretrained_maps(checkpoint: str | Path, image_files: list[str], output_folde
                 out_image.CopyInformation(image)
                 sitk.WriteImage(out_image, str(output_folder / f"{name}_attention_{t.replace(' ', '_')}.nii.gz"), True)
         if png:
-            top = [i for i, _ in sorted(enumerate(probs.max(0).values), key=lambda kv: -kv[1])[:8]]
-            overlay_png(volume, maps[top], [f"{tags[i]} p={results[name][tags[i]]:.2f}" for i in top],
+            best = [i for i, _ in sorted(enumerate(probs.max(0).values), key=lambda kv: -kv[1])[:8]]
+            overlay_png(volume, maps[best], [f"{tags[i]} p={results[name][tags[i]]:.2f}" for i in best],
                         output_folder / f"{name}_attention.png", f"{name}: tags from the pre-trained model")
-    (output_folder / "tag_probabilities.json").write_text(json.dumps(results, indent=2))
+    write_text_atomic(output_folder / "tag_probabilities.json", json.dumps(results, indent=2))
     return results

@@ -15,16 +15,29 @@ import torch
 from torch import nn
 
 
+def network_from_architecture(arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import, num_input_channels: int,
+                              num_output_channels: int = 2, deep_supervision: bool = False) -> nn.Module:
+    """nnU-Net's ``get_network_from_plans`` with nnU-Net's init: the one place any network is built from
+    an architecture description (plans, a checkpoint's ``encoder`` entry, a pre-training spec)."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    return get_network_from_plans(arch_class_name, arch_kwargs, arch_kwargs_req_import, num_input_channels,
+                                  num_output_channels, allow_init=True, deep_supervision=deep_supervision)
+
+
+def encoder_from_architecture(arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import,
+                              num_input_channels: int) -> nn.Module:
+    """The ``.encoder`` of that network (what pre-training trains and checkpoints carry)."""
+    return network_from_architecture(arch_class_name, arch_kwargs, arch_kwargs_req_import, num_input_channels).encoder
+
+
 def build_plain_network(configuration_manager, num_input_channels: int, num_output_channels: int,
                         deep_supervision: bool = True) -> nn.Module:
     """The network plain nnU-Net builds for this configuration (same call, same init)."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-
-    return get_network_from_plans(
-        configuration_manager.network_arch_class_name,
-        configuration_manager.network_arch_init_kwargs,
-        configuration_manager.network_arch_init_kwargs_req_import,
-        num_input_channels, num_output_channels, allow_init=True, deep_supervision=deep_supervision)
+    cm = configuration_manager
+    return network_from_architecture(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                     cm.network_arch_init_kwargs_req_import, num_input_channels,
+                                     num_output_channels, deep_supervision)
 
 
 def cumulative_strides(strides) -> list[list[int]]:

@@ -7,28 +7,43 @@ the batch (``failed``) to be reported at the end. One collate serves both data s
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from nnunet_mosmos.slices import zscore
 from nnunet_mosmos.tags import TagVocabulary, extract_tags
 from pretrain.normalization import Normalizer
-from pretrain.pairs import GeometryError, Pair, PairDataError, is_volume
+from pretrain.pairs import ConstantImageError, GeometryError, Pair, PairDataError, is_volume
 from pretrain.patches import PatchSampler, organ_volumes_ml
-from pretrain.transforms import PairTransform, zscore
+from pretrain.transforms import PairTransform
 from pretrain.volumes import Volume, read_label_map, read_volume
 
 
-def read_image(path: Path, rng: np.random.Generator | None) -> np.ndarray:
-    """A z-scored 2D float32 image: the picture itself, or one axial slice (array axis 0) of a volume.
+def check_not_constant(array: np.ndarray, path) -> None:
+    """ConstantImageError when every value of an image (or of a whole volume) is the same."""
+    low, high = float(array.min()), float(array.max())
+    if low == high:
+        raise ConstantImageError(f"every value of {path} is {low:g} (zero variance, e.g. an all-black export)")
 
-    Volumes are z-scored over the whole volume (as nnU-Net normalises a case), then one slice is
-    taken: a random one when ``rng`` is given, the middle one otherwise.
+
+def read_image(path: Path, rng: np.random.Generator | None, normalize=None) -> np.ndarray:
+    """A normalised 2D float32 image: the picture itself, or one axial slice (array axis 0) of a volume.
+
+    ``normalize`` (default: z-score; a ``pretrain.normalization.Normalizer`` for the plans'
+    ``use_mask_for_norm``) sees the whole image; volumes are normalised over the whole volume (as
+    nnU-Net normalises a case), then one slice is taken: a random one when ``rng`` is given, the
+    middle one otherwise. A constant image or volume raises ConstantImageError (a constant *slice*
+    of a varying volume is fine).
     """
+    normalize = normalize or zscore
     if is_volume(path):
-        volume = zscore(read_volume(path).array)
+        volume = read_volume(path).array
+        check_not_constant(volume, path)
+        volume = normalize(volume)
         z = int(rng.integers(volume.shape[0])) if rng is not None else volume.shape[0] // 2
         return volume[z]
     from PIL import Image
@@ -40,7 +55,8 @@ def read_image(path: Path, rng: np.random.Generator | None) -> np.ndarray:
         array = np.asarray(img, dtype=np.float32)
     if array.ndim != 2 or min(array.shape) < 2:
         raise ValueError(f"expected a 2D grey image, got shape {array.shape}")
-    return zscore(array)
+    check_not_constant(array, path)
+    return normalize(array)
 
 
 class PairDataset(Dataset):
@@ -50,6 +66,8 @@ class PairDataset(Dataset):
     whatever the worker count, and ``--resume`` replays the exact same samples.
     ``two_views`` adds ``view2`` (a second augmentation of the same image, negative-free objective);
     a pair without text gets ``text_for_missing(context)`` and the tags found in that text.
+    An unreadable image is replaced by the next pair and listed in the sample's ``failed``, a
+    constant one likewise in ``constant``.
     """
 
     max_retries = 16
@@ -57,10 +75,12 @@ class PairDataset(Dataset):
     fatal_errors: tuple = ()
 
     def __init__(self, pairs: list[Pair], num_tags: int, transform: PairTransform, seed: int = 0,
-                 two_views: bool = False, text_for_missing=None, vocabulary: TagVocabulary | None = None):
+                 two_views: bool = False, text_for_missing=None, vocabulary: TagVocabulary | None = None,
+                 normalize: Callable[[np.ndarray], np.ndarray] | None = None):
         self.pairs, self.num_tags, self.transform, self.seed = pairs, num_tags, transform, seed
         self.two_views, self.text_for_missing = two_views, text_for_missing
         self.vocabulary = vocabulary or TagVocabulary.default()
+        self.normalize = normalize
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -79,7 +99,7 @@ class PairDataset(Dataset):
     def _load(self, index: int, epoch: int) -> dict:
         pair = self.pairs[index]
         rng = np.random.default_rng([self.seed, epoch, index]) if self.transform.train else None
-        raw = read_image(pair.image, rng)
+        raw = read_image(pair.image, rng, self.normalize)
         sample = {"image": self.transform(raw, rng), "index": index}
         if self.two_views:
             sample["view2"] = self.transform(raw, rng)
@@ -90,26 +110,30 @@ class PairDataset(Dataset):
 
     def __getitem__(self, key) -> dict:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        failed = []
+        failed, constant = [], []
         for attempt in range(min(self.max_retries, len(self.pairs))):
             i = (index + attempt) % len(self.pairs)
             try:
                 sample = self._load(i, epoch)
             except self.fatal_errors:
                 raise
-            except Exception as e:  # noqa: BLE001 - any decoder error means "unreadable image"
-                failed.append(f"{self.pairs[i].image}: {type(e).__name__}: {str(e)[:120]}")
+            except ConstantImageError:
+                constant.append(str(self.pairs[i].image))
                 continue
-            sample["failed"] = failed
+            except Exception as e:  # noqa: BLE001 - any decoder error means "unreadable image"
+                failed.append(f"{self.pairs[i].image}: {type(e).__name__}: {str(e)[:240]}")
+                continue
+            sample["failed"], sample["constant"] = failed, constant
             return sample
-        raise PairDataError(f"{len(failed)} consecutive unreadable images starting at pair {index}:\n  "
-                            + "\n  ".join(failed))
+        raise PairDataError(f"{len(failed) + len(constant)} consecutive unreadable or constant images starting at "
+                            f"pair {index}:\n  " + "\n  ".join(failed + [f"{c}: constant" for c in constant]))
 
 
 def collate_pairs(samples: list[dict]) -> dict:
-    """Stack tensors (image, tags and, when present, view2 / mask / has_mask); list texts and failures."""
+    """Stack tensors (image, tags and, when present, view2 / mask / has_mask); list texts and replaced images."""
     batch = {"text": [s["text"] for s in samples], "index": torch.tensor([s["index"] for s in samples]),
-             "failed": [f for s in samples for f in s["failed"]]}
+             "failed": [f for s in samples for f in s["failed"]],
+             "constant": [c for s in samples for c in s.get("constant", ())]}
     for key in ("image", "tags", "view2", "mask"):
         if all(s.get(key) is not None for s in samples):
             batch[key] = torch.stack([s[key] for s in samples])
@@ -141,6 +165,7 @@ class VolumePairDataset(PairDataset):
         pair = self.pairs[index]
         rng = np.random.default_rng([self.seed, epoch, index]) if self.sampler.train else None
         volume = read_volume(pair.image, (pair.info or {}).get("rescale"))
+        check_not_constant(volume.array, pair.image)
         mask = None if pair.mask is None else read_label_map(pair.mask, volume, pair.image)
         context = self._context(pair, volume, mask) if not pair.text and self.text_for_missing else {}
         text, tags = self.text_and_tags(pair, context)

@@ -8,9 +8,6 @@ whole-volume statistics).
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
 __all__ = ["CT_KEYS", "Normalizer"]
@@ -60,31 +57,13 @@ class Normalizer:
         self._impl = self.scheme_class(use_mask_for_norm=self.use_mask_for_norm,
                                        intensityproperties=self.intensity_properties)
 
-    @classmethod
-    def from_fingerprint(cls, scheme, fingerprint_json_path, channel=0, use_mask_for_norm=False) -> "Normalizer":
-        path = Path(fingerprint_json_path)
-        try:
-            fingerprint = json.loads(path.read_text())
-            properties = fingerprint["foreground_intensity_properties_per_channel"][str(channel)]
-        except FileNotFoundError:
-            raise ValueError(f"dataset fingerprint {path} does not exist; run nnUNetv2_extract_fingerprint "
-                             "(or nnUNetv2_plan_and_preprocess) for this dataset first") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} is not an nnU-Net dataset_fingerprint.json with "
-                             f"foreground_intensity_properties_per_channel['{channel}'] ({type(e).__name__}: {e}); "
-                             "re-run nnUNetv2_extract_fingerprint") from None
-        return cls(scheme, properties, use_mask_for_norm)
-
     def __call__(self, array: np.ndarray, inplace: bool = False) -> np.ndarray:
         """Normalised float32 copy (``inplace=True`` reuses a float32 array: saves one volume of memory)."""
         array = np.asarray(array)
         array = array.astype(np.float32, copy=not (inplace and array.dtype == np.float32))
-        seg = None
-        if self.use_mask_for_norm:
-            from nnunetv2.preprocessing.cropping.cropping import create_nonzero_mask
+        from nnunet_mosmos.slices import nonzero_region
 
-            seg = np.where(create_nonzero_mask(array[None]), 0, -1).astype(np.int8)
-        return self._impl.run(array, seg)
+        return self._impl.run(array, nonzero_region(array) if self.use_mask_for_norm else None)
 
     def describe(self) -> str:
         p = self.intensity_properties

@@ -1,7 +1,7 @@
 """Image preprocessing for pre-training: one channel, z-score, crop/resize, light augmentation.
 
 Why these choices:
-- z-score over the whole image (over the whole volume for a 3D source) *before* cropping is what
+- z-score (``nnunet_mosmos.slices``) over the whole image (over the whole volume for a 3D source) *before* cropping is what
   nnU-Net's ``ZScoreNormalization`` does to a non-CT case, so the encoder sees inputs on the same
   scale at both stages. (CT targets use nnU-Net's CT normalisation at fine-tuning; both give roughly
   zero-mean, unit-variance inputs, and ROCO images carry no Hounsfield units to do better.)
@@ -16,20 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-
-def zscore(image: np.ndarray) -> np.ndarray:
-    """``(x - mean) / max(std, 1e-8)`` in float32, nnU-Net's ZScoreNormalization without a mask."""
-    image = image.astype(np.float32, copy=False)
-    return (image - image.mean()) / max(float(image.std()), 1e-8)
-
-
-def _size2(size) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    size = tuple(int(s) for s in size)
-    return (size[0], size[0]) if len(size) == 1 else size[-2:]
+from nnunet_mosmos.slices import centre_crop_box, resize, size_2d
 
 
 class PairTransform:
@@ -42,7 +30,7 @@ class PairTransform:
 
     def __init__(self, image_size, train: bool = True, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3),
                  flip_p: float = 0.5, jitter: float = 0.1):
-        self.size = _size2(image_size)
+        self.size = size_2d(image_size)
         self.train, self.scale, self.ratio, self.flip_p, self.jitter = train, scale, ratio, flip_p, jitter
 
     def _crop_box(self, h: int, w: int, rng: np.random.Generator | None):
@@ -54,17 +42,13 @@ class PairTransform:
                 cw, ch = int(round(np.sqrt(area * ratio))), int(round(np.sqrt(area / ratio)))
                 if 0 < cw <= w and 0 < ch <= h:
                     return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
-        ch, cw = (h, min(w, int(round(h * target_ratio)))) if w / h > target_ratio else \
-            (min(h, int(round(w / target_ratio))), w)
-        return (h - ch) // 2, (w - cw) // 2, max(ch, 1), max(cw, 1)
+        return centre_crop_box(h, w, self.size)  # evaluation's view: nnunet_mosmos.slices, shared with zero-shot
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
         if image.ndim != 2:
             raise ValueError(f"expected a 2D image, got shape {image.shape}")
         top, left, ch, cw = self._crop_box(*image.shape, rng)
-        crop = torch.from_numpy(np.ascontiguousarray(image[top:top + ch, left:left + cw], dtype=np.float32))
-        out = F.interpolate(crop[None, None], size=self.size, mode="bilinear", align_corners=False,
-                            antialias=(ch > self.size[0] or cw > self.size[1]))[0]
+        out = resize(image[top:top + ch, left:left + cw], self.size)
         if self.train and rng is not None:
             if rng.random() < self.flip_p:
                 out = out.flip(-1)
@@ -72,3 +56,4 @@ class PairTransform:
             b = rng.uniform(-self.jitter, self.jitter)
             out = out * a + b
         return out.contiguous()
+

@@ -26,6 +26,7 @@ extent with a stride of half a patch.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_mosmos.tags import label_to_prompt
-from pretrain.label_names import load_label_names, parse_label_names, read_json  # noqa: F401 (re-exported)
+from pretrain.label_names import parse_label_names, read_json
+from pretrain.pairs import VOLUME_SUFFIXES
 
 METHODS = ("tag-decoder", "contrastive")
 DEFAULT_TEMPLATE = "a {modality} image showing the {organ}"
@@ -80,8 +82,7 @@ def _case_name(path: Path) -> str:
 
 
 def _volume_files(folder: Path) -> list[Path]:
-    suffixes = (".nii.gz", ".nii", ".mha", ".nrrd", ".nhdr")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(suffixes))
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
 
 
 def pair_cases(images: list, labels: list) -> list[Case]:
@@ -132,14 +133,21 @@ def dataset_cases(dataset, split: str = "Ts") -> tuple[list[Case], dict[int, str
 # --------------------------------------------------------------------------- reading volumes
 def read_pair(case: Case):
     """(image z,y,x float32, label map z,y,x int, spacing z,y,x) via ``pretrain.volumes``, which checks that
-    the label map lies on the image's voxel grid (GeometryError naming both files otherwise)."""
+    the label map lies on the image's voxel grid (GeometryError naming both files otherwise).
+
+    A NIfTI shorter than its header says raises ``nnunet_mosmos.images.TruncatedImageError`` (which
+    :func:`evaluate` counts as a skipped case); other unreadable files are a ZeroShotError."""
+    from nnunet_mosmos.images import TruncatedImageError
     from pretrain.volumes import read_label_map, read_volume
 
     try:
         volume = read_volume(case.image)
         seg = read_label_map(case.label, volume, case.image)
+    except TruncatedImageError:
+        raise
     except RuntimeError as e:  # SimpleITK: unreadable file
-        raise ZeroShotError(f"cannot read {case.image} / {case.label}: {str(e).strip().splitlines()[-1]}") from None
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        raise ZeroShotError(f"cannot read {case.image} / {case.label}: {lines[-1]}") from None
     return volume.array, seg.astype(np.int64, copy=False), tuple(volume.spacing)
 
 
@@ -233,19 +241,13 @@ def _label_counts(seg: np.ndarray, organs: list[Organ]) -> np.ndarray:
     return np.stack([(flat == o.label).sum(1) for o in organs], 1)
 
 
-def slice_units(image: np.ndarray, seg: np.ndarray, organs: list[Organ], image_size,
+def slice_units(image: np.ndarray, seg: np.ndarray, organs: list[Organ], preprocessing: dict,
                 window=None, zscore: str = "volume") -> Units:
-    """2D checkpoint: every axial slice, prepared like pre-training's evaluation images."""
-    from pretrain.transforms import PairTransform
-    from pretrain.transforms import zscore as zscore_fn
+    """2D checkpoint: every axial slice, prepared like pre-training's evaluation images
+    (:func:`pretrain.transforms.checkpoint_slices`); voxels are counted inside the same crop."""
+    from nnunet_mosmos.slices import checkpoint_slices
 
-    if window is not None:
-        image = np.clip(image, *window)
-    if zscore == "volume":
-        image = zscore_fn(image)
-    transform = PairTransform(image_size, train=False)
-    top, left, ch, cw = transform._crop_box(*image.shape[1:], None)
-    inputs = torch.stack([transform(zscore_fn(s) if zscore == "slice" else s) for s in image])
+    inputs, (top, left, ch, cw) = checkpoint_slices(image, preprocessing, zscore, window)
     counts = _label_counts(seg[:, top:top + ch, left:left + cw], organs)
     return Units(inputs, counts, [(z, z + 1) for z in range(image.shape[0])])
 
@@ -322,7 +324,14 @@ def evaluate(model: ZeroShotModel, cases: list[Case], organs: list[Organ], cfg: 
 
     ``label_names`` (all named ids, default: the organs') is what a label map may contain; any other
     id means the names do not belong to the maps, which is an error rather than a silent miss.
+    A case whose image or label file is truncated is skipped, logged and listed under ``skipped``
+    (the other cases still count); an image with one value everywhere is scored but logged and
+    listed under ``constant_images``. Without ``log`` these messages are Python warnings.
     """
+    from nnunet_mosmos.images import TruncatedImageError
+    from nnunet_mosmos.io_checks import constant_image_warning
+
+    warn = log or (lambda msg: warnings.warn(msg, stacklevel=3))
     known = set(label_names or {}) | {o.label for o in organs}
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown or not cfg.methods:
@@ -342,12 +351,21 @@ def evaluate(model: ZeroShotModel, cases: list[Case], organs: list[Organ], cfg: 
     queries = model.organ_queries([o.prompt for o in organs]) if "tag-decoder" in cfg.methods else None
     text = model.sentence_embeddings(sentences) if "contrastive" in cfg.methods else None
     scores = {m: [] for m in cfg.methods}
-    counts = []
+    counts, skipped, constant = [], [], []
     for case in cases:
-        image, seg, spacing = read_pair(case)
+        try:
+            image, seg, spacing = read_pair(case)
+        except TruncatedImageError as e:
+            skipped.append({"case": case.name, "reason": str(e)})
+            warn(f"WARNING: skipped case {case.name}: {e}")
+            continue
         check_label_ids(seg, known, case, names_source)
+        message = constant_image_warning(image, case.image)
+        if message:
+            constant.append(case.name)
+            warn(message)
         if model.dim == 2:
-            units = slice_units(image, seg, organs, pre["image_size"], cfg.window, cfg.zscore)
+            units = slice_units(image, seg, organs, pre, cfg.window, cfg.zscore)
         else:
             units = slab_units(image, seg, spacing, organs, pre)
         for start in range(0, len(units.inputs), cfg.batch_size):
@@ -357,11 +375,17 @@ def evaluate(model: ZeroShotModel, cases: list[Case], organs: list[Organ], cfg: 
         counts.append(units.counts)
         if log:
             log(f"{case.name}: {len(units.inputs)} {'slices' if model.dim == 2 else 'slabs'}")
+    if skipped:
+        warn(f"WARNING: skipped {len(skipped)} of {len(cases)} case(s) with truncated files: "
+             + ", ".join(s["case"] for s in skipped))
+    if not counts:
+        raise ZeroShotError(f"all {len(cases)} case(s) were skipped (truncated files); nothing to evaluate")
     counts = np.concatenate(counts)
     present = counts >= cfg.min_voxels
+    skipped_names = {s["case"] for s in skipped}
     result = {"checkpoint": model.source, "unit": "axial slice" if model.dim == 2 else "z-slab",
-              "min_voxels": cfg.min_voxels, "cases": [c.name for c in cases], "n_units": int(len(counts)),
-              "methods": {}}
+              "min_voxels": cfg.min_voxels, "cases": [c.name for c in cases if c.name not in skipped_names],
+              "n_units": int(len(counts)), "skipped": skipped, "constant_images": constant, "methods": {}}
     for m in cfg.methods:
         s = np.concatenate(scores[m])
         per_organ = {}
@@ -398,5 +422,5 @@ def table(result: dict) -> str:
 
 
 __all__ = ["Case", "DEFAULT_MIN_VOXELS", "DEFAULT_TEMPLATE", "METHODS", "Organ", "Units", "ZeroShotConfig",
-           "ZeroShotError", "ZeroShotModel", "dataset_cases", "evaluate", "load_label_names", "pair_cases",
-           "parse_label_names", "read_pair", "roc_auc", "select_organs", "slab_units", "slice_units", "table"]
+           "ZeroShotError", "ZeroShotModel", "dataset_cases", "evaluate", "pair_cases",
+           "read_pair", "roc_auc", "select_organs", "slab_units", "slice_units", "table"]

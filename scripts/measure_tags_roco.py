@@ -22,14 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nnunet_mosmos.tags import TagVocabulary, extract_tags, find_mentions  # noqa: E402
-from pretrain.sources.roco import read_roco  # noqa: E402
-
-#: UMLS CUIs that the ROCO captions carry for organs of the default vocabulary.
-ORGAN_CUIS = {
-    "liver": "C0023884", "kidney": "C0022646", "pancreas": "C0030274", "lung": "C0024109",
-    "brain": "C0006104", "aorta": "C0003483", "stomach": "C0038351", "gallbladder": "C0016976",
-    "esophagus": "C0014876", "spleen": "C0037993", "heart": "C0018787",
-}
+from pretrain.sources.roco import ORGAN_CUIS, read_roco  # noqa: E402
 
 
 def load_judgements(path: str | None) -> dict[tuple[str, str, str], str]:

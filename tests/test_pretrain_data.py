@@ -198,7 +198,7 @@ def test_manifest_csv_with_2d_and_3d_images_and_bad_rows(tmp_path):
 def test_manifest_jsonl_with_malformed_lines(tmp_path):
     good, bad = _manifest_files(tmp_path)
     lines = [json.dumps({"image": i, "text": t}) for i, t in good + [b[:2] for b in bad]]
-    lines += ["{not json", json.dumps({"text": "liver without image key"}), ""]
+    lines += ["{not json", "{\"image\": \"img/grey.png\", \"text\": \"liver\"", ""]
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     source = load_pairs("manifest", manifest=tmp_path / "pairs.jsonl")
     assert len(source.pairs) == len(good)
@@ -232,7 +232,7 @@ def test_synthetic_manifest_is_found_through_nnunet_raw(tmp_path, monkeypatch):
 
 def test_transform_zscore_crop_and_determinism():
     image = np.random.default_rng(0).normal(50, 10, (60, 80)).astype(np.float32)
-    from pretrain.transforms import zscore
+    from nnunet_mosmos.slices import zscore
 
     z = zscore(image)
     assert abs(z.mean()) < 1e-4 and abs(z.std() - 1) < 1e-3

@@ -101,7 +101,6 @@ class _Dictionary:
 
 
 def test_grounding_pairs_organs_in_the_patch_with_their_sentences(tmp_path):
-    pytest.importorskip("nnunet_mosmos.reports")
     names = {1: "liver", 2: "spleen", 3: "kidney_right", 4: "kidney_left", 5: "duodenum"}
     pairs = [Pair("a", tmp_path / "a.nii.gz", "The liver is enlarged. Both kidneys are normal. Heart normal.", (),
                   tmp_path / "a_seg.nii.gz"),

@@ -14,16 +14,12 @@ import pytest
 
 from nnunet_mosmos.tags import (TagVocabulary, class_prompts, extract_tags, find_mentions, label_to_prompt,
                                 label_to_tag)
-from pretrain.sources.roco import RocoLayoutError, RocoRecord, detect_layout, read_roco, read_roco_v1, read_roco_v2
+from pretrain.sources.roco import (ORGAN_CUIS, RocoLayoutError, RocoRecord, detect_layout, read_roco, read_roco_v1,
+                                   read_roco_v2)
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[1]
 ROCO_SAMPLE = DATA / "roco_ccby"
-ORGAN_CUIS = {
-    "liver": "C0023884", "kidney": "C0022646", "pancreas": "C0030274", "lung": "C0024109", "brain": "C0006104",
-    "aorta": "C0003483", "stomach": "C0038351", "gallbladder": "C0016976", "esophagus": "C0014876",
-    "spleen": "C0037993",
-}
 
 
 # --------------------------------------------------------------------------- extraction

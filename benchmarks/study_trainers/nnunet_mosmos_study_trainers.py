@@ -24,15 +24,14 @@ An unset variable keeps nnU-Net's default. The plain twin subclasses ``nnUNetTra
 from __future__ import annotations
 
 import os
-import random
 
-import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mosmos.tag_decoder import decoder_preset
 from nnunet_mosmos.training.nnUNetTrainerMOSMOS import nnUNetTrainerMOSMOS
 from nnunet_mosmos.training.nnUNetTrainerMOSMOSEncoder import nnUNetTrainerMOSMOSEncoder
+from pretrain.state import seed_all
 
 #: environment variable -> nnUNetTrainer attribute it sets
 SCHEDULE_ENV = {"MOSMOS_STUDY_EPOCHS": "num_epochs", "MOSMOS_STUDY_ITERS": "num_iterations_per_epoch",
@@ -59,12 +58,6 @@ def study_seed(environ=os.environ) -> int | None:
     return _positive_int(SEED_ENV, environ[SEED_ENV], 0) if environ.get(SEED_ENV) else None
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
 THREADS_ENV = "MOSMOS_STUDY_THREADS"
 
 
@@ -83,7 +76,7 @@ class StudyBudgetMixin:
             torch.set_num_threads(_positive_int(THREADS_ENV, os.environ[THREADS_ENV], 1))
         seed = study_seed()
         if seed is not None:
-            seed_everything(seed)
+            seed_all(seed)  # random, numpy and torch, as pre-training seeds them
         super().__init__(plans, configuration, fold, dataset_json, device)
         for attr, value in study_schedule().items():
             setattr(self, attr, value)

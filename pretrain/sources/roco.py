@@ -19,9 +19,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RocoLayoutError", "RocoRecord", "detect_layout", "read_roco", "read_roco_v1", "read_roco_v2", "roco_rows"]
+__all__ = ["ORGAN_CUIS", "RocoLayoutError", "RocoRecord", "detect_layout", "read_roco", "read_roco_v1", "read_roco_v2", "roco_rows"]
 
 V1_SUBSETS = ("radiology", "non-radiology")
+#: UMLS CUIs that ROCO's concept annotations carry for organs of the default tag vocabulary: the
+#: reference the tag extractor's recall is measured against (scripts/measure_tags_roco.py, tests)
+ORGAN_CUIS = {
+    "liver": "C0023884", "kidney": "C0022646", "pancreas": "C0030274", "lung": "C0024109",
+    "brain": "C0006104", "aorta": "C0003483", "stomach": "C0038351", "gallbladder": "C0016976",
+    "esophagus": "C0014876", "spleen": "C0037993", "heart": "C0018787",
+}
 _V1_HELP = ("ROCO v1 layout: <root>/<split>/<radiology|non-radiology>/captions.txt (+ cuis.txt, keywords.txt, "
             "licences.txt, images/<ID>.jpg)")
 _V2_HELP = ("ROCO v2 layout: <root>/<split>_captions.csv with header ID,Caption "
