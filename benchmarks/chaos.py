@@ -45,17 +45,20 @@ DATASETS = {1: (961, "CHAOSL1"), 2: (962, "CHAOSL2")}
 PLAN_SOURCE = 2  # the dataset nnU-Net plans (and pre-training builds its encoder from)
 
 PLAIN, SCRATCH = "plain", "mosmos_scratch"
+#: the full arms' pre-training, named explicitly since `mosmos-pretrain` writes lean decoders by default
+#: (the study's verdict); the published study ran before that change, with `[]` meaning the same
+FULL = ["--tag-decoder", "full"]
 ARMS = (
     Arm(PLAIN, "nnUNetTrainer_mosmosStudy"),
     Arm(SCRATCH, "nnUNetTrainerMOSMOS_study_scratch"),
-    Arm("mosmos_pretrained", "nnUNetTrainerMOSMOS_study", []),
-    Arm("mosmos_pretrained_noAlign", "nnUNetTrainerMOSMOS_study_noAlign", []),
-    Arm("encoder_pretrained", "nnUNetTrainerMOSMOSEncoder_study", []),
+    Arm("mosmos_pretrained", "nnUNetTrainerMOSMOS_study", FULL),
+    Arm("mosmos_pretrained_noAlign", "nnUNetTrainerMOSMOS_study_noAlign", FULL),
+    Arm("encoder_pretrained", "nnUNetTrainerMOSMOSEncoder_study", FULL),
     Arm("lean_pretrained", "nnUNetTrainerMOSMOS_study_lean", ["--tag-decoder", "lean"]),
 )
 LAMBDA_ARMS = (
-    Arm("mosmos_pretrained_lambda0.1", "nnUNetTrainerMOSMOS_study_lambda0p1", []),
-    Arm("mosmos_pretrained_lambda1.0", "nnUNetTrainerMOSMOS_study_lambda1p0", []),
+    Arm("mosmos_pretrained_lambda0.1", "nnUNetTrainerMOSMOS_study_lambda0p1", FULL),
+    Arm("mosmos_pretrained_lambda1.0", "nnUNetTrainerMOSMOS_study_lambda1p0", FULL),
 )
 ALL_ARMS = {a.name: a for a in ARMS + LAMBDA_ARMS}
 #: paired differences are reported against these arms (the full pre-trained branch: lean, no-align, lambda)

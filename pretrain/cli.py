@@ -10,7 +10,7 @@ import shlex
 import sys
 
 EXAMPLES = """examples:
-  # ROCO (v1 or v2 layout, detected), encoder = 2D twin of a dataset's 3d_fullres configuration
+  # ROCO (v1 or v2 layout, detected): 2D figures, encoder = 2D twin of a dataset's 3d_fullres configuration
   mosmos-pretrain --data roco --roco-root /data/roco-dataset/data -d 3 -c 3d_fullres
   # your own reports: CSV 'image,text' or JSONL; PNG/JPG or NIfTI/MHA/NRRD volumes (random axial slices)
   mosmos-pretrain --data manifest --manifest reports.csv -d 3 -c 2d --epochs 20
@@ -30,7 +30,8 @@ EXAMPLES = """examples:
 With -d/-c and no -o the checkpoint goes to
   $nnUNet_preprocessed/DatasetXXX_Name/mosmos_pretrained/<plans>__<configuration>.pt
 (where nnUNetTrainerMOSMOS looks for it); logs, progress.png and last.pt go to <output stem>_run/ next
-to it. Details: docs/pretraining.md.
+to it. Running again with the same -o: --resume continues, --overwrite starts over (otherwise refused).
+What is checked before a run starts, and what is skipped and counted: docs/pretraining.md.
 """
 
 
@@ -68,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("-d", "--dataset", help="nnU-Net dataset (id or DatasetXXX_Name): with -c, build the encoder "
                    "from its plans; with --data synthetic, also where pairs2d/ is found ($nnUNet_raw)")
-    m.add_argument("-c", "--configuration", help="nnU-Net configuration (2d, 3d_fullres, ...); 3D ones are "
-                   "pre-trained as their 2D twin and exported inflated. Without -c: default 2D topology")
+    m.add_argument("-c", "--configuration", help="nnU-Net configuration (2d, 3d_fullres, ...): the encoder, image "
+                   "or patch size, spacing and normalisation come from its plans. A 3D one pre-trains natively in 3D "
+                   "when every image is a volume (--dim auto), else as its 2D twin, exported inflated. Without -c: "
+                   "the default topology")
     m.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     m.add_argument("--dim", choices=("auto", "2", "3"), default="auto",
                    help="2: 2D encoder (the 2D twin of a 3D -c), 3: the 3D encoder on 3D patches at the configuration's "
@@ -80,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--image-size", type=_positive(int), nargs="+", metavar="PX",
                    help="training image size, one value (square) or H W; in 3D the patch, one value or Z Y X "
                    "(default: the configuration's patch size with -c, else 256 / 64^3)")
-    m.add_argument("--tag-decoder", choices=("full", "lean"), default="full",
+    m.add_argument("--tag-decoder", choices=("full", "lean"), default=None,
                    help="tag decoder sizes (nnunet_mosmos/tag_decoder.py DECODER_PRESETS): full = 2 layers, d_model 256; "
-                   "lean = 1 layer, d_model 128 (fine-tuning takes the checkpoint's sizes; default: full)")
+                   "lean = 1 layer, d_model 128 (fine-tuning takes the checkpoint's sizes; default: lean, the "
+                   "CHAOS study's choice, tag_decoder.DEFAULT_DECODER_PRESET)")
     o = p.add_argument_group("objectives (docs/pretraining.md)")
     o.add_argument("--objective", action="append", choices=("mosmos", "organ-grounded", "negative-free"),
                    help="add an objective to MOSMOS' contrastive + tag losses (repeatable): organ-grounded (CT-GLIP: "
@@ -112,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--contrastive-weight", type=float, default=1.0, help="weight of the InfoNCE loss (default: 1)")
     t.add_argument("--tag-weight", type=float, default=1.0, help="weight of the tag ASL loss, averaged over "
                    "images and tags (default: 1; docs/pretraining.md explains the choice)")
+    t.add_argument("--no-report-cache", action="store_true",
+                   help="encode every batch's reports again instead of caching the frozen text encoder's features "
+                   "per caption (same losses; the cache costs dim floats per distinct caption)")
     t.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
                    help="autocast on CUDA (auto: bf16 where supported, else fp16); never on CPU")
     r = p.add_argument_group("run")
@@ -121,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", nargs="?", const="auto", metavar="LAST_PT",
                    help="continue exactly from <run>/last.pt (or the given file): same weights, optimizer, "
                    "schedule, RNG and data order")
+    r.add_argument("--overwrite", action="store_true",
+                   help="start over although an earlier run wrote this -o (its last.pt, log and plot are removed); "
+                   "without it (or --resume) such a run is refused")
     r.add_argument("--save-every", type=_positive(int), default=500, help="write last.pt every N steps (default: 500)")
     r.add_argument("--eval-every", type=_positive(int), help="held-out evaluation every N steps (default: --save-every)")
     r.add_argument("--log-every", type=_positive(int), default=10, help="log/plot every N steps (default: 10)")
@@ -136,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args, argv):
-    from nnunet_mosmos.tag_decoder import decoder_preset
+    from nnunet_mosmos.tag_decoder import DEFAULT_DECODER_PRESET, decoder_preset
     from pretrain.config import PretrainConfig
 
     return PretrainConfig(
@@ -145,15 +155,16 @@ def config_from_args(args, argv):
         image_size=args.image_size, batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
         lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         contrastive_weight=args.contrastive_weight, tag_weight=args.tag_weight, num_workers=args.num_workers,
-        device=args.device, seed=args.seed, resume=args.resume, output=args.output, val_fraction=args.val_fraction,
+        device=args.device, seed=args.seed, resume=args.resume, overwrite=args.overwrite, output=args.output,
+        val_fraction=args.val_fraction,
         save_every=args.save_every, eval_every=args.eval_every, log_every=args.log_every, stop_after=args.stop_after,
         amp=args.amp, keep_untagged=args.keep_untagged, vocabulary=args.vocabulary,
-        progress_bar=not args.no_progress_bar, ct_rate_root=args.ct_rate_root, dim=args.dim,
+        progress_bar=not args.no_progress_bar, report_cache=not args.no_report_cache, ct_rate_root=args.ct_rate_root, dim=args.dim,
         objectives=["mosmos"] + [o for o in dict.fromkeys(args.objective or []) if o != "mosmos"],
         organ_weight=args.organ_weight, negative_free_weight=args.negative_free_weight, label_names=args.label_names,
         label_map_key=args.label_map_key, abnormality_dictionary=args.abnormality_dictionary,
         negatives_per_organ=args.negatives_per_organ, text_generator=args.text_generator,
-        decoder=decoder_preset(args.tag_decoder),
+        decoder=decoder_preset(args.tag_decoder or DEFAULT_DECODER_PRESET),
         command="mosmos-pretrain " + " ".join(shlex.quote(a) for a in argv))
 
 

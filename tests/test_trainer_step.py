@@ -47,7 +47,7 @@ def test_lambda_weights_the_aligning_term_of_the_backpropagated_loss(tmp_path, t
 
 
 def test_prompt_context_gets_a_gradient_and_moves_when_it_trains(tmp_path, tiny_text_encoder):
-    trainer = _make(tmp_path, tiny_text_encoder)
+    trainer = _make(tmp_path, tiny_text_encoder, train_prompt_context=True)
     ctx = trainer._net().tag_branch.prompt.ctx
     before = ctx.detach().clone()
     trainer.train_step(_batch(trainer))
@@ -56,7 +56,7 @@ def test_prompt_context_gets_a_gradient_and_moves_when_it_trains(tmp_path, tiny_
 
 
 def test_frozen_prompt_context_gets_no_gradient_and_releases_the_text_encoder(tmp_path, tiny_text_encoder):
-    trainer = _make(tmp_path, tiny_text_encoder, train_prompt_context=False)
+    trainer = _make(tmp_path, tiny_text_encoder)  # the default (lean) trainer freezes the context
     net = trainer._net()
     cached = net.tag_branch.tag_embeddings.clone()
     assert cached.abs().sum() > 0  # cached once at initialize, before the encoder went
@@ -72,7 +72,7 @@ def test_frozen_prompt_context_gets_no_gradient_and_releases_the_text_encoder(tm
 
 
 def test_cached_embeddings_are_what_prediction_uses(tmp_path, tiny_text_encoder):
-    trainer = _make(tmp_path, tiny_text_encoder)
+    trainer = _make(tmp_path, tiny_text_encoder, train_prompt_context=True)
     trainer.train_step(_batch(trainer))  # the context has moved: the cache must follow
     trainer.refresh_tag_embeddings()
     net = trainer._net()
@@ -101,3 +101,18 @@ def test_lean_variant_builds_the_lean_branch(tmp_path, tiny_text_encoder):
     assert block["inject_levels"] == 2  # travels to prediction in plans.json
     out = trainer.train_step(_batch(trainer))
     assert torch.isfinite(torch.as_tensor(out["loss"]))
+
+
+def test_default_trainer_is_the_lean_branch_and_full_variant_keeps_the_full_one(tmp_path, tiny_text_encoder):
+    """The CHAOS study's decision (docs/benchmarks.md): nnUNetTrainerMOSMOS is the lean branch."""
+    from nnunet_mosmos.tag_decoder import DEFAULT_DECODER_PRESET
+    from nnunet_mosmos.training import nnUNetTrainerMOSMOS_full
+
+    assert DEFAULT_DECODER_PRESET == "lean"
+    assert nnUNetTrainerMOSMOS.tag_decoder_kwargs == decoder_preset("lean")
+    assert nnUNetTrainerMOSMOS.tag_injection_levels == 2 and not nnUNetTrainerMOSMOS.train_prompt_context
+    trainer = _make(tmp_path, tiny_text_encoder, base=nnUNetTrainerMOSMOS_full,
+                    tag_decoder_kwargs=decoder_preset("full"))
+    cfg = trainer._net().branch_config
+    assert cfg.inject_levels is None and cfg.num_layers == 2 and cfg.d_model == 256
+    assert trainer.text_encoder is not None and trainer._net().tag_branch.prompt.ctx.requires_grad

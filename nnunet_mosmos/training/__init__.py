@@ -7,6 +7,7 @@ from nnunet_mosmos.training.variants import (
     nnUNetTrainerMOSMOS_demo,
     nnUNetTrainerMOSMOS_250epochs,
     nnUNetTrainerMOSMOS_frozenPrompt,
+    nnUNetTrainerMOSMOS_full,
     nnUNetTrainerMOSMOS_lambda0p1,
     nnUNetTrainerMOSMOS_lean,
     nnUNetTrainerMOSMOS_lambda1p0,
@@ -15,12 +16,15 @@ from nnunet_mosmos.training.variants import (
     nnUNetTrainerMOSMOS_tiny,
     nnUNetTrainerMOSMOS_tiny_noAlign,
     nnUNetTrainerMOSMOS_tiny_scratch,
+    nnUNetTrainerMOSMOS_trainPrompt,
 )
 
 __all__ = [
     "nnUNetTrainerMOSMOS",
     "nnUNetTrainerMOSMOSEncoder",
     "nnUNetTrainerMOSMOS_lean",
+    "nnUNetTrainerMOSMOS_full",
+    "nnUNetTrainerMOSMOS_trainPrompt",
     "nnUNetTrainerMOSMOS_5epochs",
     "nnUNetTrainerMOSMOS_50epochs",
     "nnUNetTrainerMOSMOS_demo",

@@ -24,6 +24,7 @@ file label name -> prompt), ``MOSMOS_PRETRAINED`` (checkpoint path).
 from __future__ import annotations
 
 import os
+import warnings
 
 import matplotlib
 import numpy as np
@@ -40,13 +41,13 @@ from nnunet_mosmos.checkpoint import load_mosmos_checkpoint, locate_checkpoint
 from nnunet_mosmos.encoders import DEFAULT_TAG_STRIDE, stage_for_stride
 from nnunet_mosmos.losses import PixelTagAligningLoss
 from nnunet_mosmos.network import PLANS_KEY, MOSMOSNetwork, TagBranchConfig, build_mosmos_network
-from nnunet_mosmos.pretrained import load_pretrained, summarise, used
+from nnunet_mosmos.pretrained import load_pretrained, refit_hint, summarise, used
 from nnunet_mosmos.tag_decoder import DEFAULT_DECODER_PRESET, decoder_preset
-from nnunet_mosmos.tags import class_prompts
+from nnunet_mosmos.tags import ENV_PROMPTS, class_prompts
 from nnunet_mosmos.text import (DEFAULT_CONTEXT_INIT, DEFAULT_N_CTX, ENV_TEXT_ENCODER, TextEncoder, looks_local,
                                 resolve_text_encoder, text_encoder_dim)
+from nnunet_mosmos.training.startup import MOSMOSStartError, check_pretrained_fits, guarded_start
 
-ENV_PROMPTS = "MOSMOS_PROMPTS"
 EXTRA_LOG_KEYS = ("train_seg_losses", "train_align_losses", "train_align_spatial", "train_align_presence")
 
 
@@ -59,36 +60,46 @@ class nnUNetTrainerMOSMOS(nnUNetTrainer):
     tag_branch_stride: int = DEFAULT_TAG_STRIDE
     #: ... unless a stage index is given here
     tag_branch_stage: int | None = None
-    #: tag decoder sizes (tag_decoder.DECODER_PRESETS); a pre-training checkpoint's sizes win
+    #: tag decoder sizes (tag_decoder.DECODER_PRESETS; default "lean"); a pre-training checkpoint's sizes win
     tag_decoder_kwargs: dict = decoder_preset(DEFAULT_DECODER_PRESET)
-    #: inject the maps into this many skips, lowest resolution first; None = every skip at/above the branch
-    tag_injection_levels: int | None = None
+    #: inject the maps into this many skips, lowest resolution first; None = every skip at/above the branch.
+    #: The lean branch's 2 (the branch stage and the one above) is the default since the CHAOS study
+    #: (docs/benchmarks.md); nnUNetTrainerMOSMOS_full keeps the full branch.
+    tag_injection_levels: int | None = 2
     #: length of the learnable prompt context and the phrase its vectors start from
     n_ctx: int = DEFAULT_N_CTX
     context_init: str | None = DEFAULT_CONTEXT_INIT
-    #: keep training the prompt context through the frozen text encoder (MOSMOS Fig. 3b); False:
-    #: the tag embeddings are computed once and the text encoder is released (no text pass per step)
-    train_prompt_context: bool = True
+    #: keep training the prompt context through the frozen text encoder (MOSMOS Fig. 3b); False (the
+    #: lean default): the tag embeddings are computed once and the text encoder is released (no text
+    #: pass per step)
+    train_prompt_context: bool = False
     #: nnU-Net schedule overrides, e.g. {"num_epochs": 2, "num_iterations_per_epoch": 4}
     schedule: dict | None = None
     #: look for a pre-training checkpoint ($MOSMOS_PRETRAINED, then the conventional location)
     use_pretrained: bool = True
 
+    @guarded_start  # bad input: one line (MOSMOSStartError), exit 1, no empty model folder left behind
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         for key, value in (self.schedule or {}).items():
             setattr(self, key, value)
         if self.label_manager.has_regions:
-            raise RuntimeError(f"{self.__class__.__name__} supports label-based datasets only; this "
-                               "dataset.json defines regions. Train it with plain nnUNetTrainer.")
+            raise MOSMOSStartError(f"{self.__class__.__name__} supports label-based datasets only; this "
+                                   "dataset.json defines regions. Train it with plain nnUNetTrainer.")
         try:
-            self.class_prompts = class_prompts(dataset_json["labels"], os.environ.get(ENV_PROMPTS) or None)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self.class_prompts = class_prompts(dataset_json["labels"], os.environ.get(ENV_PROMPTS) or None)
         except ValueError as e:
-            raise ValueError(f"{e}\nWith nnUNetv2_train, point the environment variable {ENV_PROMPTS} at "
-                             "that JSON file.") from None
+            raise MOSMOSStartError(f"{self.__class__.__name__} cannot start: {e}. With nnUNetv2_train, point "
+                                   f"the environment variable {ENV_PROMPTS} at that JSON file.") from None
+        for w in caught:
+            self.print_to_log_file(f"WARNING: {w.message}")
         self.pretrained_path = self._locate_pretrained()
         self.pretrained = load_mosmos_checkpoint(self.pretrained_path) if self.pretrained_path else None
+        if self.pretrained is not None:
+            check_pretrained_fits(self, self._refit_hint())
         self.text_encoder_name = self._choose_text_encoder()
         self._write_branch_plans(self._branch_config(text_encoder_dim(self.text_encoder_name)))
         self.text_encoder: TextEncoder | None = None
@@ -195,9 +206,8 @@ class nnUNetTrainerMOSMOS(nnUNetTrainer):
         return super().configure_optimizers()
 
     def _refit_hint(self) -> str:
-        return (f"pre-train for it with `mosmos-pretrain -d {self.plans_manager.dataset_name} -c "
-                f"{self.configuration_name} -p {self.plans_manager.plans_name}`, or train without it "
-                f"(nnUNetTrainerMOSMOS_scratch)")
+        return refit_hint(self.plans_manager.dataset_name, self.configuration_name, self.plans_manager.plans_name,
+                          "nnUNetTrainerMOSMOS_scratch")
 
     def _load_pretrained(self) -> None:
         if self.pretrained is None:

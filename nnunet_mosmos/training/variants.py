@@ -21,19 +21,35 @@ class nnUNetTrainerMOSMOS_noAlign(nnUNetTrainerMOSMOS):
 
 
 class nnUNetTrainerMOSMOS_frozenPrompt(nnUNetTrainerMOSMOS):
-    """The prompt context stays at its initial value (tag embeddings computed once)."""
+    """The prompt context stays at its initial value (tag embeddings computed once); the default
+    since the lean branch is, kept so that earlier commands keep working."""
     train_prompt_context = False
 
 
-# --- the lean branch (docs/benchmarks.md: the overhead targets, and the benefit study's verdict) ----
+class nnUNetTrainerMOSMOS_trainPrompt(nnUNetTrainerMOSMOS):
+    """The lean branch, but the prompt context keeps training through the frozen text encoder."""
+    train_prompt_context = True
+
+
+# --- the two branches (docs/benchmarks.md: the overhead targets, and the CHAOS study's verdict) ----
 class nnUNetTrainerMOSMOS_lean(nnUNetTrainerMOSMOS):
     """Small tag decoder (1 layer, d_model 128), maps injected only at the branch stage and the one
-    above it, prompt context frozen (tag embeddings cached once, text encoder released). With a
-    pre-training checkpoint the decoder takes the checkpoint's sizes: pre-train with
-    ``mosmos-pretrain --tag-decoder lean``."""
+    above it, prompt context frozen (tag embeddings cached once, text encoder released). This is the
+    default of :class:`nnUNetTrainerMOSMOS` since the CHAOS study; the class pins it so that its model
+    folders mean the same whatever the default becomes. With a pre-training checkpoint the decoder
+    takes the checkpoint's sizes (``mosmos-pretrain`` writes lean ones by default)."""
     tag_decoder_kwargs = decoder_preset("lean")
     tag_injection_levels = 2
     train_prompt_context = False
+
+
+class nnUNetTrainerMOSMOS_full(nnUNetTrainerMOSMOS):
+    """The full branch the project started with: tag decoder 2 layers, d_model 256, FFN 1024; maps
+    injected into every skip at or above the branch stage; the prompt context trained through the
+    frozen text encoder every step. Pre-train its checkpoint with ``mosmos-pretrain --tag-decoder full``."""
+    tag_decoder_kwargs = decoder_preset("full")
+    tag_injection_levels = None
+    train_prompt_context = True
 
 
 # --- shorter schedules ---------------------------------------------------------------------------
@@ -72,7 +88,7 @@ class nnUNetTrainerMOSMOS_tiny_scratch(nnUNetTrainerMOSMOS_tiny):
 
 
 class nnUNetTrainerMOSMOS_demo(nnUNetTrainerMOSMOS):
-    """The schedule of `mosmos-demo` (a few minutes on a laptop CPU)."""
-    schedule = {"num_epochs": 6, "num_iterations_per_epoch": 20, "num_val_iterations_per_epoch": 5}
+    """The schedule of `mosmos-demo` (2d: a few minutes on a laptop CPU)."""
+    schedule = {"num_epochs": 16, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 5}
     tag_decoder_kwargs = dict(d_model=128, num_heads=4, num_layers=2, ffn_dim=256, dropout=0.1,
                               self_attention=True)
