@@ -23,10 +23,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from nnunet_mosmos.tag_decoder import DECODER_PRESETS, TagDecoder, TagDecoderOutput, rescaled_maps
+from nnunet_mosmos.tag_decoder import DECODER_PRESETS, DEFAULT_DECODER_PRESET, TagDecoder, TagDecoderOutput, rescaled_maps
 from nnunet_mosmos.text import DEFAULT_N_CTX, PromptContext
 
-_FULL = DECODER_PRESETS["full"]
+_DEFAULT = DECODER_PRESETS[DEFAULT_DECODER_PRESET]  # the trainer's default too (one source)
 #: the block of a configuration in plans.json that carries the branch to prediction (the trainer writes it)
 PLANS_KEY = "mosmos_tag_branch"
 
@@ -37,12 +37,12 @@ class TagBranchConfig:
     num_tags: int
     text_dim: int
     stage: int
-    d_model: int = _FULL["d_model"]
-    num_heads: int = _FULL["num_heads"]
-    num_layers: int = _FULL["num_layers"]
-    ffn_dim: int = _FULL["ffn_dim"]
-    dropout: float = _FULL["dropout"]
-    self_attention: bool = _FULL["self_attention"]
+    d_model: int = _DEFAULT["d_model"]
+    num_heads: int = _DEFAULT["num_heads"]
+    num_layers: int = _DEFAULT["num_layers"]
+    ffn_dim: int = _DEFAULT["ffn_dim"]
+    dropout: float = _DEFAULT["dropout"]
+    self_attention: bool = _DEFAULT["self_attention"]
     n_ctx: int = DEFAULT_N_CTX
     #: inject into this many skips, the lowest-resolution first (branch stage, the one above, ...);
     #: None = every skip at or above the branch stage
@@ -55,7 +55,7 @@ class TagBranchConfig:
 
     def decoder_kwargs(self) -> dict:
         """The tag decoder's sizes (the keys of a DECODER_PRESETS entry)."""
-        return {k: getattr(self, k) for k in _FULL}
+        return {k: getattr(self, k) for k in _DEFAULT}
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -26,10 +26,14 @@ def zscore(image: np.ndarray) -> np.ndarray:
 
 
 def nonzero_region(array: np.ndarray) -> np.ndarray:
-    """nnU-Net's ``seg`` argument for ``use_mask_for_norm``: 0 inside the non-zero region, -1 outside."""
+    """nnU-Net's ``seg`` argument for ``use_mask_for_norm``: 0 inside the non-zero region, -1 outside.
+
+    A 2D image is what nnU-Net makes of one: a volume of one slice (its hole filling is 3D, so a hole
+    open to the slice's faces stays a hole)."""
     from nnunetv2.preprocessing.cropping.cropping import create_nonzero_mask
 
-    return np.where(create_nonzero_mask(array[None]), 0, -1).astype(np.int8)
+    mask = create_nonzero_mask(array[None, None])[0] if array.ndim == 2 else create_nonzero_mask(array[None])
+    return np.where(mask, 0, -1).astype(np.int8)
 
 
 def normalize(array: np.ndarray, use_mask_for_norm: bool = False) -> np.ndarray:

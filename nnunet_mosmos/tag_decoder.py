@@ -130,11 +130,13 @@ class TagDecoder(nn.Module):
         self_attention: Query2Label keeps self-attention among queries; RAM drops it.
     """
 
-    def __init__(self, visual_channels: int, text_dim: int, d_model: int = DECODER_PRESETS["full"]["d_model"],
-                 num_heads: int = DECODER_PRESETS["full"]["num_heads"],
-                 num_layers: int = DECODER_PRESETS["full"]["num_layers"],
-                 ffn_dim: int = DECODER_PRESETS["full"]["ffn_dim"], dropout: float = DECODER_PRESETS["full"]["dropout"],
-                 self_attention: bool = DECODER_PRESETS["full"]["self_attention"]):
+    def __init__(self, visual_channels: int, text_dim: int,
+                 d_model: int = DECODER_PRESETS[DEFAULT_DECODER_PRESET]["d_model"],
+                 num_heads: int = DECODER_PRESETS[DEFAULT_DECODER_PRESET]["num_heads"],
+                 num_layers: int = DECODER_PRESETS[DEFAULT_DECODER_PRESET]["num_layers"],
+                 ffn_dim: int = DECODER_PRESETS[DEFAULT_DECODER_PRESET]["ffn_dim"],
+                 dropout: float = DECODER_PRESETS[DEFAULT_DECODER_PRESET]["dropout"],
+                 self_attention: bool = DECODER_PRESETS[DEFAULT_DECODER_PRESET]["self_attention"]):
         super().__init__()
         self.config = dict(visual_channels=visual_channels, text_dim=text_dim, d_model=d_model,
                            num_heads=num_heads, num_layers=num_layers, ffn_dim=ffn_dim, dropout=dropout,

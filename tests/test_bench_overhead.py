@@ -32,7 +32,8 @@ def quick_result(tiny_text_encoder, tmp_path_factory):
     env = dict(os.environ, MOSMOS_TEXT_ENCODER=str(tiny_text_encoder), HF_HUB_OFFLINE="1")
     env.pop("MOSMOS_PRETRAINED", None)
     # memory is measured by default on CPU (fresh subprocesses); no flag needed
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--profile",
+    # the full branch (the lean default has no text pass to profile)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--profile", "--trainer", "nnUNetTrainerMOSMOS_full",
                            "--text-encoder", str(tiny_text_encoder), "-o", str(out)],
                           env=env, capture_output=True, text=True, timeout=600, cwd=str(REPO))
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -85,7 +86,7 @@ def test_plans_file_and_prototypes_in_process(tiny_text_encoder, tmp_path, monke
     monkeypatch.setenv("nnUNet_results", "/somewhere/else")
     out = tmp_path / "r.json"
     assert overhead.main(["--plans", str(tmp_path / "nnUNetPlans.json"), "-c", "2d", "--quick", "--prototypes",
-                          "--lean", "--no-isolate-memory", "--text-encoder", str(tiny_text_encoder),
+                          "--trainer", "nnUNetTrainerMOSMOS_full", "--lean", "--no-isolate-memory", "--text-encoder", str(tiny_text_encoder),
                           "-o", str(out)]) == 0
     r = json.loads(out.read_text())
     assert os.environ["nnUNet_results"] == "/somewhere/else"
@@ -152,15 +153,16 @@ def test_prototypes_are_class_attributes_only():
     from benchmarks.overhead import trainer_class
     from benchmarks.prototypes import PROTOTYPES
 
-    base = shipped.nnUNetTrainerMOSMOS
     for name, cls_name in PROTOTYPES.items():
         cls = trainer_class(cls_name)
-        assert issubclass(cls, base), name
-        if not hasattr(shipped, cls_name):
+        assert issubclass(cls, shipped.nnUNetTrainerMOSMOS), name
+        if not hasattr(shipped, cls_name):  # one attribute changed from the full branch
+            assert cls.__bases__ == (shipped.nnUNetTrainerMOSMOS_full,), name
             own = {k for k in vars(cls) if not k.startswith("__")}
-            assert len(own) == 1 and own <= {"tag_decoder_kwargs", "tag_injection_levels"}, (name, own)
+            assert len(own) == 1 and own <= {"tag_decoder_kwargs", "tag_injection_levels", "train_prompt_context"}, \
+                (name, own)
     assert trainer_class(PROTOTYPES["lean"]) is shipped.nnUNetTrainerMOSMOS_lean
-    assert trainer_class(PROTOTYPES["cached_embeddings"]) is shipped.nnUNetTrainerMOSMOS_frozenPrompt
+    assert not trainer_class(PROTOTYPES["cached_embeddings"]).train_prompt_context
 
 
 def test_harness_imports_public_names_only_and_the_packages_never_import_it():

@@ -48,10 +48,24 @@ def planned(tmp_path_factory, tiny_text_encoder):
     return env, root, plans
 
 
+def _without_library_warnings(stderr: str) -> list[str]:
+    """stderr without the Python warnings that third-party imports print (``site-packages/...: XWarning: ...``
+    and its ``warnings.warn(`` source line), e.g. torch 2.14's torch.jit.interface deprecation."""
+    out, skip_next = [], False
+    for line in stderr.splitlines():
+        if skip_next and line.startswith(" "):
+            skip_next = False
+            continue
+        skip_next = "site-packages" in line and "Warning: " in line
+        if not skip_next:
+            out.append(line)
+    return out
+
+
 def _refused(cmd, env):
     """Run ``cmd``: it must fail with status 1 and exactly one line on stderr, no traceback."""
     proc = _call(cmd, env)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    lines = [line for line in _without_library_warnings(proc.stderr) if line.strip()]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(lines) == 1, \
         f"{proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return lines[0]

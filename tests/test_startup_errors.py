@@ -65,6 +65,9 @@ def workspace(tmp_path, tiny_text_encoder, monkeypatch):
 
     def start(cls=SmallMOSMOS, config="2d", pretrained=None, labels=None):
         plans, dataset_json = plans_like(deepcopy(CONFIGS), labels)
+        regions = [name for name, value in dataset_json["labels"].items() if isinstance(value, list)]
+        if regions:  # a valid region-based dataset.json names the order nnU-Net paints the regions in
+            dataset_json["regions_class_order"] = list(range(1, len(dataset_json["labels"])))
         plans["continue_training"] = False  # what nnU-Net's get_trainer_from_args adds
         with workspace_env(tmp_path, str(tiny_text_encoder), False, pretrained):
             return cls(plans, config, 0, dataset_json, torch.device("cpu"))
