@@ -323,6 +323,20 @@ def resident_bytes(*modules_or_optimizers) -> int:
     return total
 
 
+def cuda_step_peak_bytes(step, device) -> int:
+    """Bytes allocated at the peak of ``step()`` above what was live before it (CUDA), the caches emptied
+    first: the transient memory of one step. Callers drop gradients before and add resident tensors."""
+    import torch
+
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
 def proc_status_mb(key: str) -> float | None:
     """A ``/proc/self/status`` field (``VmRSS``, ``VmHWM``) in MB; None where there is no procfs."""
     try:

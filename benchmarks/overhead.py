@@ -49,9 +49,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import (DEFAULT_LABELS, PeakRSS, build_trainer, emit_json, interleaved, json_default, machine,
-                               median_ms, plans_like, plans_like_configuration, preimport_text_stack, read_plans,
-                               resident_bytes, run_memory_workers, sync, synthetic_plans, versions, workspace_env)
+from benchmarks.common import (DEFAULT_LABELS, PeakRSS, build_trainer, cuda_step_peak_bytes, emit_json, interleaved,
+                               json_default, machine, median_ms, plans_like, plans_like_configuration,
+                               preimport_text_stack, read_plans, resident_bytes, run_memory_workers, sync, synthetic_plans, versions, workspace_env)
 from benchmarks.prototypes import PROTOTYPES, prototype_classes
 
 TARGETS = {"train_step_s": 1.10, "inference_s": 1.05, "peak_mem_mb": 1.10}
@@ -195,20 +195,11 @@ def _trainer_resident(trainer) -> int:
 
 def cuda_peak_train_mb(trainers: dict, step_fns: dict, device) -> dict:
     """Per variant: peak allocated during one train step above what was live before, plus its resident tensors."""
-    import torch
-
     out = {}
     for name, fn in step_fns.items():
         for t in trainers.values():
             t.optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
-        out[name] = (peak + _trainer_resident(trainers[name])) / 2 ** 20
+        out[name] = (cuda_step_peak_bytes(fn, device) + _trainer_resident(trainers[name])) / 2 ** 20
     return out
 
 

@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import (PeakRSS, emit_json, interleaved, json_default, machine, median_ms, preimport_text_stack,
-                               resident_bytes, run_memory_workers, sync, versions)
+from benchmarks.common import (PeakRSS, cuda_step_peak_bytes, emit_json, interleaved, json_default, machine, median_ms,
+                               preimport_text_stack, resident_bytes, run_memory_workers, sync, versions)
 from nnunet_mosmos.tags import TagVocabulary
 from nnunet_mosmos.text import TextEncoder, portable_reference
 from pretrain.engine import (GRAD_CLIP, PretrainConfig, PretrainError, Trainer, build_model, make_optimizer,
@@ -180,13 +180,7 @@ def cuda_peak_mb(steps: dict, modules: dict, device) -> dict:
             for obj in m:
                 if isinstance(obj, torch.nn.Module):
                     obj.zero_grad(set_to_none=True)
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
+        peak = cuda_step_peak_bytes(step, device)
         out[name] = round((peak + resident_bytes(*modules[name])) / 2 ** 20, 1)
     return out
 
