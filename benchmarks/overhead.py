@@ -51,7 +51,8 @@ import numpy as np
 
 from benchmarks.common import (DEFAULT_LABELS, PeakRSS, build_trainer, cuda_step_peak_bytes, emit_json, interleaved,
                                json_default, machine, median_ms, plans_like, plans_like_configuration,
-                               preimport_text_stack, read_plans, resident_bytes, run_memory_workers, sync, synthetic_plans, versions, workspace_env)
+                               preimport_text_stack, read_plans, resident_bytes, run_memory_workers, sync,
+                               synthetic_plans, versions, workspace_env)
 from benchmarks.prototypes import PROTOTYPES, prototype_classes
 
 TARGETS = {"train_step_s": 1.10, "inference_s": 1.05, "peak_mem_mb": 1.10}
