@@ -7,37 +7,16 @@ from nnunet_mosmos.checkpoint import (FORMAT, VERSION, CheckpointError, load_mos
 from nnunet_mosmos.encoders import build_plain_network, stage_for_stride
 from nnunet_mosmos.network import MOSMOSNetwork, TagBranchConfig
 from nnunet_mosmos.pretrained import load_pretrained
-from nnunet_mosmos.tag_decoder import TagDecoder
-from plans_fixtures import configuration
+from plans_fixtures import configuration, mosmos_checkpoint
 
 TEXT_DIM = 16
 
 
 def _payload(version=VERSION):
-    """A checkpoint shaped like `mosmos-pretrain`'s (pretrain/export.py) for a small 2D topology."""
-    torch.manual_seed(7)
+    """A checkpoint shaped like `mosmos-pretrain`'s for a small 2D topology, zero-shot heads included."""
     cm = configuration(2, base=8)
-    encoder = build_plain_network(cm, 1, 2).encoder
-    stage = stage_for_stride(cm.pool_op_kernel_sizes, 16)
-    decoder = TagDecoder(encoder.output_channels[stage], TEXT_DIM, d_model=32, num_heads=4, ffn_dim=64)
-    arch = cm.configuration["architecture"]
-    preprocessing = {"channels": 1, "normalization": "zscore-per-image", "image_size": [32, 32]}
-    if version >= 2:
-        preprocessing.update(dim=2, use_mask_for_norm=True)
-    return {
-        "format": FORMAT, "version": version,
-        "encoder": {"arch_class_name": arch["network_class_name"], "arch_kwargs": arch["arch_kwargs"],
-                    "arch_kwargs_req_import": list(arch["_kw_requires_import"]), "input_channels": 1,
-                    "dim": 2, "state_dict": encoder.state_dict()},
-        "tag_decoder": {"config": decoder.config, "stage": stage, "state_dict": decoder.state_dict()},
-        "prompt_context": torch.randn(4, TEXT_DIM),
-        "text_encoder": {"name_or_path": "tiny", "dim": TEXT_DIM, "trained": False},
-        "vocabulary": ["liver", "kidney", "spleen"],
-        "preprocessing": preprocessing,
-        "provenance": {"data": "test", "steps": 3, "history": [{"step": 1, "loss": 2.5}], "seed": 0},
-        "projections": {"image": {"weight": torch.randn(8, 4)}, "text": {"weight": torch.randn(8, TEXT_DIM)},
-                        "temperature": 0.07, "embed_dim": 8},
-    }
+    return mosmos_checkpoint(cm, text_dim=TEXT_DIM, stage=stage_for_stride(cm.pool_op_kernel_sizes, 16),
+                             vocabulary=("liver", "kidney", "spleen"), version=version, seed=7, projections=True)
 
 
 def _equal(a, b) -> bool:

@@ -6,8 +6,7 @@ from nnunet_mosmos.checkpoint import CheckpointError, load_mosmos_checkpoint, sa
 from nnunet_mosmos.encoders import build_plain_network, stage_for_stride
 from nnunet_mosmos.network import MOSMOSNetwork, TagBranchConfig
 from nnunet_mosmos.pretrained import PretrainedMismatchError, load_pretrained
-from nnunet_mosmos.tag_decoder import TagDecoder
-from plans_fixtures import configuration
+from plans_fixtures import configuration, mosmos_checkpoint
 
 TEXT_DIM = 16
 
@@ -21,24 +20,8 @@ def _mosmos(dim, in_channels=1, base=8):
 
 def _checkpoint(base=8):
     """A valid 2D pre-training checkpoint (what mosmos-pretrain writes for the default topology)."""
-    torch.manual_seed(3)
     cm = configuration(2, base=base)
-    enc = build_plain_network(cm, 1, 2).encoder
-    stage = stage_for_stride(cm.pool_op_kernel_sizes, 16)
-    dec = TagDecoder(enc.output_channels[stage], TEXT_DIM, d_model=32, num_heads=4, ffn_dim=64)
-    arch = cm.configuration["architecture"]
-    return {
-        "format": "nnunet-mosmos-checkpoint", "version": 1,
-        "encoder": {"arch_class_name": arch["network_class_name"], "arch_kwargs": arch["arch_kwargs"],
-                    "arch_kwargs_req_import": list(arch["_kw_requires_import"]), "input_channels": 1,
-                    "dim": 2, "state_dict": enc.state_dict()},
-        "tag_decoder": {"config": dec.config, "stage": stage, "state_dict": dec.state_dict()},
-        "prompt_context": torch.randn(4, TEXT_DIM),
-        "text_encoder": {"name_or_path": "tiny", "dim": TEXT_DIM, "trained": False},
-        "vocabulary": ["liver", "kidney"],
-        "preprocessing": {"channels": 1, "normalization": "zscore-per-image", "image_size": [32, 32]},
-        "provenance": {"data": "test"},
-    }
+    return mosmos_checkpoint(cm, text_dim=TEXT_DIM, stage=stage_for_stride(cm.pool_op_kernel_sizes, 16), seed=3)
 
 
 def test_2d_checkpoint_inflates_into_a_3d_network_with_equal_values():

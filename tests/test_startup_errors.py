@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import plans_fixtures
 from benchmarks.common import plans_like, plans_like_configuration, workspace_env
 from nnunet_mosmos.training import nnUNetTrainerMOSMOS, nnUNetTrainerMOSMOSEncoder
 from nnunet_mosmos.training.startup import ENV_TRACEBACK, MOSMOSStartError
@@ -32,29 +33,10 @@ class SmallEncoderOnly(nnUNetTrainerMOSMOSEncoder):
 
 
 def mosmos_checkpoint(configuration: dict, text_dim: int = 32) -> dict:
-    """A valid MOSMOS checkpoint whose encoder is the one nnU-Net builds for ``configuration``."""
+    """A valid MOSMOS checkpoint whose encoder is the one nnU-Net builds for ``configuration`` (a plans dict)."""
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
-    from nnunet_mosmos.encoders import build_plain_network
-    from nnunet_mosmos.tag_decoder import TagDecoder
-
-    cm = ConfigurationManager(configuration)
-    encoder = build_plain_network(cm, 1, 2, deep_supervision=False).encoder
-    decoder = TagDecoder(encoder.output_channels[-1], text_dim, d_model=32, num_heads=4, ffn_dim=64)
-    arch = configuration["architecture"]
-    return {
-        "format": "nnunet-mosmos-checkpoint", "version": 1,
-        "encoder": {"arch_class_name": arch["network_class_name"], "arch_kwargs": arch["arch_kwargs"],
-                    "arch_kwargs_req_import": list(arch["_kw_requires_import"]), "input_channels": 1,
-                    "dim": len(configuration["patch_size"]), "state_dict": encoder.state_dict()},
-        "tag_decoder": {"config": decoder.config, "stage": len(encoder.output_channels) - 1,
-                        "state_dict": decoder.state_dict()},
-        "prompt_context": torch.randn(4, text_dim),
-        "text_encoder": {"name_or_path": "tiny", "dim": text_dim, "trained": False},
-        "vocabulary": ["liver", "kidney"],
-        "preprocessing": {"channels": 1, "normalization": "zscore-per-image", "image_size": configuration["patch_size"]},
-        "provenance": {"data": "test"},
-    }
+    return plans_fixtures.mosmos_checkpoint(ConfigurationManager(configuration), text_dim=text_dim)
 
 
 @pytest.fixture
