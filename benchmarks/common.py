@@ -447,3 +447,25 @@ def preimport_text_stack() -> None:
         AutoTokenizer.from_pretrained(str(local) if local.exists() else name, local_files_only=local.exists())
     except Exception:  # noqa: BLE001 - only a warm-up; the trainer reports real problems
         pass
+
+
+def add_memory_options(group, what: str = "each variant") -> None:
+    """The memory options of the overhead and pre-training benchmarks: ``--isolate-memory`` /
+    ``--no-isolate-memory`` and ``--memory-repeats``; ``resolve_memory_options`` applies the defaults."""
+    isolate = group.add_mutually_exclusive_group()
+    isolate.add_argument("--isolate-memory", dest="isolate_memory", action="store_true", default=None,
+                         help=f"peak memory of {what} in fresh subprocesses (the default on CPU, where it is the "
+                              "only way to a number; on CUDA memory is measured in-process unless this is given)")
+    isolate.add_argument("--no-isolate-memory", dest="isolate_memory", action="store_false",
+                         help="skip the memory subprocesses (on CPU memory is then reported as null)")
+    group.add_argument("--memory-repeats", type=int, default=1,
+                       help="fresh processes per variant for the isolated memory (median reported; repeated runs "
+                            "agreed within 1 MB)")
+
+
+def resolve_memory_options(parser, args) -> None:
+    """Check ``--memory-repeats`` and default ``--isolate-memory`` to on for CPU runs (see add_memory_options)."""
+    if args.memory_repeats < 1:
+        parser.error("--memory-repeats must be >= 1")
+    if args.isolate_memory is None:
+        args.isolate_memory = args.device == "cpu"

@@ -49,10 +49,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import (DEFAULT_LABELS, PeakRSS, build_trainer, cuda_step_peak_bytes, emit_json, interleaved,
-                               json_default, machine, median_ms, plans_like, plans_like_configuration,
-                               preimport_text_stack, read_plans, resident_bytes, run_memory_workers, sync,
-                               synthetic_plans, versions, workspace_env)
+from benchmarks.common import (DEFAULT_LABELS, PeakRSS, add_memory_options, build_trainer, cuda_step_peak_bytes,
+                               emit_json, interleaved, json_default, machine, median_ms, plans_like,
+                               plans_like_configuration, preimport_text_stack, read_plans, resident_bytes,
+                               resolve_memory_options, run_memory_workers, sync, synthetic_plans, versions,
+                               workspace_env)
 from benchmarks.prototypes import PROTOTYPES, prototype_classes
 
 TARGETS = {"train_step_s": 1.10, "inference_s": 1.05, "peak_mem_mb": 1.10}
@@ -698,15 +699,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     mirror.add_argument("--no-mirroring", dest="mirroring", action="store_false")
     run.add_argument("--image-scale", type=float, default=1.5, help="inference image = patch x this, in-plane")
     run.add_argument("--no-inference", action="store_true")
-    isolate = run.add_mutually_exclusive_group()
-    isolate.add_argument("--isolate-memory", dest="isolate_memory", action="store_true", default=None,
-                         help="peak memory per variant in fresh subprocesses (the default on CPU, where it is the only "
-                              "way to a number; on CUDA memory is measured in-process unless this is given)")
-    isolate.add_argument("--no-isolate-memory", dest="isolate_memory", action="store_false",
-                         help="skip the memory subprocesses (on CPU memory is then reported as null)")
-    run.add_argument("--memory-repeats", type=int, default=1,
-                     help="fresh processes per variant and phase for the isolated memory (median reported; "
-                          "repeated runs agreed within 1 MB)")
+    add_memory_options(run, "each variant and phase")
     run.add_argument("--memory-parallel", type=int, default=2, help="memory subprocesses at a time")
     run.add_argument("--profile", action="store_true", help="per-module breakdown of a train step (torch.profiler)")
     run.add_argument("--profile-steps", type=int, default=2)
@@ -726,10 +719,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if sum(map(bool, (args.plans, args.patch, args.real_size))) > 1:
         p.error("--plans, --patch and --real-size are exclusive")
-    if args.memory_repeats < 1:
-        p.error("--memory-repeats must be >= 1")
-    if args.isolate_memory is None:
-        args.isolate_memory = args.device == "cpu"
+    resolve_memory_options(p, args)
     args.repeats = args.repeats or (2 if args.quick else 5)
     if args.mirroring is None:
         args.mirroring = not args.quick

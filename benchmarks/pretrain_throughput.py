@@ -45,8 +45,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import (PeakRSS, cuda_step_peak_bytes, emit_json, interleaved, json_default, machine, median_ms,
-                               preimport_text_stack, resident_bytes, run_memory_workers, sync, versions)
+from benchmarks.common import (PeakRSS, add_memory_options, cuda_step_peak_bytes, emit_json, interleaved,
+                               json_default, machine, median_ms, preimport_text_stack, resident_bytes,
+                               resolve_memory_options, run_memory_workers, sync, versions)
 from nnunet_mosmos.tags import TagVocabulary
 from nnunet_mosmos.text import TextEncoder, portable_reference
 from pretrain.engine import (GRAD_CLIP, PretrainConfig, PretrainError, Trainer, build_model, make_optimizer,
@@ -448,13 +449,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     how.add_argument("--repeats", type=int, help="timed rounds per variant, median reported (default 3; quick 2)")
     how.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     how.add_argument("--no-components", action="store_true", help="skip the per-component timings")
-    isolate = how.add_mutually_exclusive_group()
-    isolate.add_argument("--isolate-memory", dest="isolate_memory", action="store_true", default=None,
-                         help="peak memory of the full step and the ceiling in fresh subprocesses (the default on "
-                              "CPU; on CUDA memory is measured in-process unless this is given)")
-    isolate.add_argument("--no-isolate-memory", dest="isolate_memory", action="store_false",
-                         help="skip the memory subprocesses (on CPU memory is then reported as null)")
-    how.add_argument("--memory-repeats", type=int, default=1, help="fresh processes per variant (median reported)")
+    add_memory_options(how, "the full step and the ceiling")
     how.add_argument("--threads", type=int,
                      help="torch.set_num_threads; default on CPU 1 (see docs/benchmarks.md: shared machines), "
                           "0 = torch's default")
@@ -493,10 +488,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     f"use (--dim {args.dim}); repeat --image-size for a grid")
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
-    if args.memory_repeats < 1:
-        p.error("--memory-repeats must be >= 1")
-    if args.isolate_memory is None:
-        args.isolate_memory = args.device == "cpu"
+    resolve_memory_options(p, args)
     if args.device != "cuda" and (args.amp or args.compile):
         p.error("--amp and --compile are for GPUs: add --device cuda (CPU timings are taken in fp32, eager)")
     if args.device == "cuda" and not torch.cuda.is_available():
