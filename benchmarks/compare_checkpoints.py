@@ -1,24 +1,43 @@
-"""Compare two MOSMOS checkpoints tensor by tensor (usage: python -m benchmarks.compare_checkpoints A.pt B.pt).
+"""Compare two MOSMOS checkpoints tensor by tensor: ``python -m benchmarks.compare_checkpoints A.pt B.pt``.
 
-Provenance (dates, commands, versions) is reported, not compared: it differs between any two runs."""
-import sys
+Provenance (dates, commands, versions) is left out of the comparison, since it differs between any two runs,
+except its loss history, which equal training must reproduce."""
+import argparse
 
 import torch
 
 
-def flat(d, p=""):
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested dicts -> {"a.b.c": leaf}."""
     out = {}
-    for k, v in d.items():
-        key = f"{p}{k}"
-        if isinstance(v, dict): out.update(flat(v, key + "."))
-        else: out[key] = v
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
     return out
-a, b = (flat(torch.load(f, map_location="cpu", weights_only=True)) for f in sys.argv[1:3])
-tensors = [k for k in a if isinstance(a[k], torch.Tensor)]
-diff = [k for k in tensors if k not in b or not torch.equal(a[k], b[k])]
-maxabs = max([(a[k] - b[k]).abs().max().item() for k in diff if k in b and a[k].shape == b[k].shape] or [0.0])
-other = [k for k in a if k not in tensors and not k.startswith("provenance") and a[k] != b.get(k)]
-print(f"{sys.argv[1]} vs {sys.argv[2]}: {len(tensors)} tensors, {len(diff)} differ (max |diff| {maxabs:.3g}); "
-      f"keys only in one: {sorted(set(a) ^ set(b))}; non-tensor entries that differ: {other}")
-for k in ("provenance.history",):
-    print(" ", k, a.get(k) == b.get(k))
+
+
+def compare(path_a: str, path_b: str) -> str:
+    a, b = (flatten(torch.load(p, map_location="cpu", weights_only=True)) for p in (path_a, path_b))
+    tensors = [k for k, v in a.items() if isinstance(v, torch.Tensor)]
+    differ = [k for k in tensors if k not in b or not torch.equal(a[k], b[k])]
+    max_abs = max((float((a[k] - b[k]).abs().max()) for k in differ if k in b and a[k].shape == b[k].shape),
+                  default=0.0)
+    others = [k for k in a if k not in tensors and not k.startswith("provenance") and k in b and a[k] != b[k]]
+    history = a.get("provenance.history") == b.get("provenance.history")
+    return (f"{path_a} vs {path_b}: {len(tensors)} tensors, {len(differ)} differ (max |diff| {max_abs:.3g}); "
+            f"keys only in one: {sorted(set(a) ^ set(b))}; non-tensor entries that differ: {others}; "
+            f"loss history equal: {history}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("a")
+    p.add_argument("b")
+    args = p.parse_args(argv)
+    print(compare(args.a, args.b))
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,8 @@ def configuration(dim: int = 3, residual: bool = False, n_stages: int = 4, base:
 
 
 def mosmos_checkpoint(cm: ConfigurationManager, *, text_dim: int = 16, stage=None, vocabulary=("liver", "kidney"),
-                      version=None, seed: int = 0, projections: bool = False) -> dict:
+                      version=None, seed: int = 0, projections: bool = False,
+                      use_mask_for_norm: bool = False) -> dict:
     """A checkpoint payload shaped like `mosmos-pretrain`'s (pretrain/export.py) whose encoder is the one
     nnU-Net builds for ``cm``: the one hand-built checkpoint of the tests. ``stage`` defaults to the
     deepest encoder stage; ``version`` to the current format (1 leaves out what version 2 added)."""
@@ -37,7 +38,7 @@ def mosmos_checkpoint(cm: ConfigurationManager, *, text_dim: int = 16, stage=Non
     dim = len(cm.patch_size)
     preprocessing = {"channels": 1, "normalization": "zscore-per-image", "image_size": list(cm.patch_size)}
     if version >= 2:
-        preprocessing.update(dim=dim, use_mask_for_norm=False)
+        preprocessing.update(dim=dim, use_mask_for_norm=use_mask_for_norm)
     payload = {
         "format": FORMAT, "version": version,
         "encoder": {"arch_class_name": arch["network_class_name"], "arch_kwargs": arch["arch_kwargs"],

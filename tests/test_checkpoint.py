@@ -16,7 +16,8 @@ def _payload(version=VERSION):
     """A checkpoint shaped like `mosmos-pretrain`'s for a small 2D topology, zero-shot heads included."""
     cm = configuration(2, base=8)
     return mosmos_checkpoint(cm, text_dim=TEXT_DIM, stage=stage_for_stride(cm.pool_op_kernel_sizes, 16),
-                             vocabulary=("liver", "kidney", "spleen"), version=version, seed=7, projections=True)
+                             vocabulary=("liver", "kidney", "spleen"), version=version, seed=7, projections=True,
+                             use_mask_for_norm=True)  # not the default: the round trip must keep it
 
 
 def _equal(a, b) -> bool:
