@@ -381,12 +381,16 @@ class PeakRSS:
         return self
 
     def settle(self) -> None:
+        """After building: what stays resident from here on is ``resident_mb`` (weights, optimizer
+        state, text encoder); the rest of the later peak is what running adds (activations)."""
+        self.resident = proc_status_mb("VmRSS") - self.base if self.exact else None
         if self.exact:
             reset_peak_rss()
 
     def growth_mb(self) -> dict:
         peak = proc_status_mb("VmHWM") if self.exact else maxrss_mb()
         return {"peak_mb": peak - self.base, "baseline_rss_mb": self.base,
+                "resident_mb": getattr(self, "resident", None),
                 "method": "VmHWM growth after clear_refs" if self.exact else "ru_maxrss growth"}
 
 
@@ -426,8 +430,9 @@ def run_memory_workers(module: str, jobs: list[dict], workdir: Path, parallel: i
         runs = raw[k * repeats:(k + 1) * repeats]
         merged = dict(runs[0], peak_mb=statistics.median(r["peak_mb"] for r in runs),
                       runs_mb=[round(r["peak_mb"], 3) for r in runs])
-        if runs[0].get("baseline_rss_mb") is not None:
-            merged["baseline_rss_mb"] = statistics.median(r["baseline_rss_mb"] for r in runs)
+        for key in ("baseline_rss_mb", "resident_mb"):
+            if runs[0].get(key) is not None:
+                merged[key] = statistics.median(r[key] for r in runs)
         results.append(merged)
     return results
 

@@ -552,6 +552,7 @@ def measure_memory(args, names: dict, trainers: dict, step_fns: dict, predictors
                 out[f"{ph}_runs"] = {n: by[(ph, n)]["runs_mb"] for n in names}
             if device.type != "cuda":
                 out[f"{ph}_baseline_rss"] = {n: by[(ph, n)].get("baseline_rss_mb") for n in names}
+                out[f"{ph}_resident"] = {n: by[(ph, n)].get("resident_mb") for n in names}
         return out
     if device.type == "cuda":
         out = {"train": cuda_peak_train_mb(trainers, step_fns, device),
@@ -633,6 +634,8 @@ def bench_configuration(args, plans: dict, dataset_json: dict, configuration: st
             result[key]["runs_mb"] = {n: mem[f"{phase}_runs"][n] for n in (PLAIN, MOSMOS)}
         if f"{phase}_baseline_rss" in mem:
             result[key]["baseline_rss_mb"] = {n: mem[f"{phase}_baseline_rss"][n] for n in (PLAIN, MOSMOS)}
+        if f"{phase}_resident" in mem:  # every variant: the peak split into resident after building + running
+            result[key]["resident_mb"] = dict(mem[f"{phase}_resident"])
         for name in extras:
             entries[name][key] = mem[phase][name]
             entries[name][f"{key.replace('_mb', '')}_ratio_vs_plain"] = _ratio(mem[phase][name], mem[phase][PLAIN])

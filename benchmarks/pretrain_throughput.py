@@ -64,6 +64,11 @@ CAPTION_TEMPLATES = ("Axial CT image showing the {}.", "Contrast-enhanced scan o
                      "MRI demonstrates a lesion adjacent to the {}.")
 
 
+def step_config(no_report_cache: bool = False) -> PretrainConfig:
+    """The engine's defaults, as ``mosmos-pretrain`` trains (the report cache on unless ``--no-report-cache``)."""
+    return PretrainConfig(report_cache=not no_report_cache)
+
+
 class _StepTrainer(Trainer):
     """The engine's own ``train_step`` on a prebuilt model: no data, logging, schedule or output files.
 
@@ -199,7 +204,7 @@ def memory_worker(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     rt = setup_runtime(spec["device"], "auto" if spec["amp"] else "off")
     enc_spec = encoder_spec(spec["dataset"], spec["configuration"], spec["plans"], spec["size"], dim=spec["dim"])
-    cfg = PretrainConfig()
+    cfg = step_config(spec.get("no_report_cache", False))
     tag_names = TagVocabulary.default().names
     with contextlib.redirect_stdout(sys.stderr):
         batch = synthetic_batch(spec["batch"], enc_spec.image_size, tag_names, spec["seed"] + spec["batch"], rt.device)
@@ -247,7 +252,7 @@ def point_memory(args, rt, size, batch_size: int, steps: dict, modules: dict, wo
         base = {"device": str(rt.device), "threads": args.threads, "amp": args.amp, "compile": args.compile,
                 "dataset": args.dataset, "configuration": args.configuration, "plans": args.plans,
                 "size": size, "dim": args.dim, "batch": batch_size, "seed": args.seed,
-                "text_encoder": args.text_encoder}
+                "text_encoder": args.text_encoder, "no_report_cache": args.no_report_cache}
         res = run_memory_workers("benchmarks.pretrain_throughput", [dict(base, variant=v) for v in ("full", "ceiling")],
                                  workdir, parallel=2, repeats=args.memory_repeats)
         mem = {v: round(r["peak_mb"], 1) for v, r in zip(("full", "ceiling"), res)}
@@ -271,7 +276,7 @@ def point_memory(args, rt, size, batch_size: int, steps: dict, modules: dict, wo
 def bench_point(model: PretrainModel, ceiling_encoder, batch_size: int, image_size, args, rt, size=None,
                 workdir=None) -> dict:
     """Full vs ceiling for one (batch size, image size), interleaved rounds, then the components."""
-    cfg = PretrainConfig()
+    cfg = step_config(args.no_report_cache)
     tag_names = model.tag_names
     batch = synthetic_batch(batch_size, image_size, tag_names, args.seed + batch_size, rt.device)
     trainer = _StepTrainer(model, rt, cfg)
@@ -339,8 +344,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "compile": args.compile, "quick": args.quick, "repeats": args.repeats, "warmup": args.warmup,
         "torch_threads": torch.get_num_threads(), "dim": args.dim,
         "text_encoder": portable_reference(text.name_or_path), "text_encoder_dim": text.dim,
-        "num_tags": len(vocab), "objectives": list(PretrainConfig().objectives), "source": None,
-        "batch_sizes": args.batch_size, "real_size": args.real_size, "isolate_memory": args.isolate_memory,
+        "num_tags": len(vocab), "objectives": list(step_config().objectives), "source": None,
+        "batch_sizes": args.batch_size, "real_size": args.real_size, "report_cache": not args.no_report_cache,
+        "isolate_memory": args.isolate_memory,
         "memory_repeats": args.memory_repeats if args.isolate_memory else None,
         "timing": "wall-clock seconds per train step, full and ceiling in interleaved rounds (order alternates), "
                   "median over repeats after warm-up; components: median ms, each timed alone"}
@@ -362,7 +368,7 @@ def _run_grid(args, rt, text, vocab, result: dict, workdir: Path) -> None:
                                         f"{spec.target['configuration']}" if spec.target
                                         else "default topology (pretrain.plans.default_arch_kwargs)")
         torch.manual_seed(args.seed)
-        model = build_model(spec, text, vocab.names, PretrainConfig()).to(rt.device)
+        model = build_model(spec, text, vocab.names, step_config(args.no_report_cache)).to(rt.device)
         ceiling_encoder = copy.deepcopy(model.encoder)  # same type, topology and initial weights
         if args.compile:
             model.encoder.compile()
@@ -449,6 +455,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     how.add_argument("--repeats", type=int, help="timed rounds per variant, median reported (default 3; quick 2)")
     how.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     how.add_argument("--no-components", action="store_true", help="skip the per-component timings")
+    how.add_argument("--no-report-cache", action="store_true",
+                     help="encode every report at every step, as mosmos-pretrain --no-report-cache (the cost "
+                          "before the cache; with the cache, the fixed batch hits it after the warm-up, as every "
+                          "epoch after the first does)")
     add_memory_options(how, "the full step and the ceiling")
     how.add_argument("--threads", type=int,
                      help="torch.set_num_threads; default on CPU 1 (see docs/benchmarks.md: shared machines), "

@@ -61,6 +61,9 @@ def test_quick_json_shape(quick_result, tiny_text_encoder):
         for key in ("train_step_s", "inference_s", "peak_mem_mb", "inference_peak_mem_mb"):
             _check_pair(c[key], f"{name}.{key}")
         assert "fresh subprocess" in c["peak_mem_mb"]["method"] and "lean" not in c
+        for key in ("peak_mem_mb", "inference_peak_mem_mb"):  # the peak splits into resident + running
+            for variant, resident in c[key]["resident_mb"].items():
+                assert 0 <= resident <= c[key][variant] + 1, (name, key, variant, resident)
         for key in ("ratio_paired", "ratio_min", "ratio_cpu"):
             assert _positive_finite(c["train_step_s"][key])
         assert len(c["train_step_s"]["runs"]["plain"]) == len(c["train_step_s"]["runs"]["mosmos"]) == 2

@@ -13,7 +13,10 @@ import pytest
 import torch
 
 from benchmarks.common import plans_like, plans_like_configuration
-from benchmarks.pretrain_throughput import parse_args
+from benchmarks.pretrain_throughput import parse_args, step_config
+from nnunet_mosmos.tags import TagVocabulary
+from nnunet_mosmos.text import TextEncoder
+from pretrain.engine import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "bench_pretrain.py"
@@ -106,6 +109,19 @@ def test_default_grid():
     assert args.batch_size == [8, 16, 32]
     assert [s.image_size for s in args.specs] == [(64, 64), (128, 128), (256, 256)]
     assert args.isolate_memory is True and parse_args(["--no-isolate-memory"]).isolate_memory is False
+
+
+def test_report_cache_on_by_default_and_off_with_the_flag(tiny_text_encoder):
+    """The step times what mosmos-pretrain trains: the report cache on; --no-report-cache the cost before it."""
+    on, off = (step_config(parse_args(argv).no_report_cache) for argv in ([], ["--no-report-cache"]))
+    assert on.report_cache is True and off.report_cache is False
+    (spec,) = parse_args(["--image-size", "32"]).specs
+    text, names = TextEncoder(str(tiny_text_encoder)), TagVocabulary.default().names
+    cached, plain = (build_model(spec, text, names, cfg) for cfg in (on, off))
+    assert plain.report_cache is None
+    cached.train()
+    cached.encode_text(["Axial CT of the liver.", "MRI of the spleen."])
+    assert len(cached.report_cache) == 2  # the benchmark's model really goes through the cache
 
 
 def test_real_size():
