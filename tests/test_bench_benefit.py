@@ -241,7 +241,7 @@ def test_seed_fixes_the_initial_weights(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_quick_study_end_to_end(tmp_path, tiny_text_encoder):
     out = tmp_path / "study"
-    env = {**os.environ, "nnUNet_def_n_proc": "2"}
+    env = {**os.environ, "nnUNet_def_n_proc": "1"}
     cmd = [sys.executable, str(REPO / "scripts" / "bench_benefit.py"), "--quick", "-o", str(out),
            "--text-encoder", str(tiny_text_encoder), "--plot"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)

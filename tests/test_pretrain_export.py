@@ -30,10 +30,10 @@ def nnunet(tmp_path_factory, tiny_text_encoder):
 
     root = tmp_path_factory.mktemp("nnunet")
     env = {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "pre"),
-           "nnUNet_results": str(root / "results"), "nnUNet_def_n_proc": "2"}
+           "nnUNet_results": str(root / "results"), "nnUNet_def_n_proc": "1"}
     write_dataset(root / "raw", 901, num_train=4, num_test=0, shape=(16, 32, 32), slices_per_case=4)
     proc = subprocess.run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", "901", "-c", "2d", "3d_fullres",
-                           "-np", "2"], env={**os.environ, **env}, capture_output=True, text=True, timeout=900)
+                           "-np", "1"], env={**os.environ, **env}, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
