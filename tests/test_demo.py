@@ -15,7 +15,7 @@ def test_quick_demo_runs_the_whole_story_and_writes_valid_outputs(tmp_path, tiny
     from PIL import Image
 
     out = tmp_path / "demo"
-    env = {**os.environ, "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "0", "nnUNet_compile": "0",
+    env = {**os.environ, "nnUNet_n_proc_DA": "0", "nnUNet_compile": "0",
            "OMP_NUM_THREADS": "1"}
     env.pop("nnUNet_extTrainer", None)  # the demo must register the trainers itself
     proc = subprocess.run([str(Path(sys.executable).parent / "mosmos-demo"), "--quick", "-o", str(out),

@@ -34,7 +34,7 @@ def planned(tmp_path_factory, tiny_text_encoder):
     root = tmp_path_factory.mktemp("badinput")
     env = dict(os.environ)
     env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
-               nnUNet_results=str(root / "results"), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="0",
+               nnUNet_results=str(root / "results"), nnUNet_n_proc_DA="0",
                nnUNet_compile="0", MOSMOS_TEXT_ENCODER=str(tiny_text_encoder), HF_HUB_OFFLINE="1")
     env.pop("MOSMOS_PRETRAINED", None)
     env["nnUNet_extTrainer"] = _call(["mosmos-ext-path"], env).stdout.strip()

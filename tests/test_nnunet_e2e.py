@@ -53,7 +53,7 @@ def nnunet_env(tmp_path_factory, tiny_text_encoder):
     (user_dir / "my_lab_trainers.py").write_text(USER_TRAINER)
     env = dict(os.environ)
     env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
-               nnUNet_results=str(root / "results"), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="0",
+               nnUNet_results=str(root / "results"), nnUNet_n_proc_DA="0",
                nnUNet_compile="0", MOSMOS_TEXT_ENCODER=str(tiny_text_encoder), HF_HUB_OFFLINE="1",
                nnUNet_extTrainer=str(user_dir))  # another folder is already there
     env["nnUNet_extTrainer"] = run(["mosmos-ext-path"], env).stdout.strip()

@@ -33,7 +33,7 @@ def nnunet(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("nnunet3d")
     env = {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "pre"),
-           "nnUNet_results": str(root / "results"), "nnUNet_def_n_proc": "1"}
+           "nnUNet_results": str(root / "results")}
     folder = write_dataset(root / "raw", 902, name="MOSMOSPhantom3D", num_train=8, num_test=0, shape=(16, 32, 32),
                            slices_per_case=1)
     proc = subprocess.run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", "902", "-c", "3d_fullres", "-np", "1",

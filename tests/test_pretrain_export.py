@@ -30,7 +30,7 @@ def nnunet(tmp_path_factory, tiny_text_encoder):
 
     root = tmp_path_factory.mktemp("nnunet")
     env = {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "pre"),
-           "nnUNet_results": str(root / "results"), "nnUNet_def_n_proc": "1"}
+           "nnUNet_results": str(root / "results")}
     write_dataset(root / "raw", 901, num_train=4, num_test=0, shape=(16, 32, 32), slices_per_case=4)
     proc = subprocess.run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", "901", "-c", "2d", "3d_fullres",
                            "-np", "1"], env={**os.environ, **env}, capture_output=True, text=True, timeout=900)
