@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive(int), default=10, help="epochs, if --max-steps is not given (default: 10)")
     t.add_argument("--max-steps", type=_positive(int), help="total optimizer steps (overrides --epochs)")
     t.add_argument("--lr", type=_positive(float), default=3e-4, help="peak AdamW learning rate (default: 3e-4)")
+    t.add_argument("--tag-decoder-lr", type=_positive(float), metavar="LR",
+                   help="peak learning rate of the tag decoder alone (default: --lr); --tag-weight cannot make "
+                   "it learn faster (AdamW), this can (docs/pretraining.md)")
     t.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default: 0.05)")
     t.add_argument("--warmup-steps", type=int, help="linear warm-up steps before cosine decay "
                    "(default: 5%% of the steps, at most 500)")
@@ -153,7 +156,7 @@ def config_from_args(args, argv):
         data=args.data, roco_root=args.roco_root, split=args.split, subset=args.subset, manifest=args.manifest,
         text_encoder=args.text_encoder, dataset=args.dataset, configuration=args.configuration, plans=args.plans,
         image_size=args.image_size, batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
-        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        lr=args.lr, tag_decoder_lr=args.tag_decoder_lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         contrastive_weight=args.contrastive_weight, tag_weight=args.tag_weight, num_workers=args.num_workers,
         device=args.device, seed=args.seed, resume=args.resume, overwrite=args.overwrite, output=args.output,
         val_fraction=args.val_fraction,

@@ -26,6 +26,7 @@ class PretrainConfig:
     epochs: int = 10
     max_steps: int | None = None
     lr: float = 3e-4
+    tag_decoder_lr: float | None = None  # None: the same as lr
     weight_decay: float = 0.05
     warmup_steps: int | None = None
     contrastive_weight: float = 1.0

@@ -179,3 +179,34 @@ def test_average_precision_and_learning_rate_schedule():
     f = lr_lambda(warmup=4, total=20)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(12) == pytest.approx(0.5) and f(20) == pytest.approx(0.0)
+
+
+def test_tag_decoder_learning_rate_is_its_own_group():
+    """--tag-decoder-lr: the decoder gets its own peak LR, the schedule scales it like the rest, and
+    without it the optimizer keeps the two groups that earlier runs' --resume state has."""
+    from torch import nn
+
+    from pretrain.optim import lr_lambda, make_optimizer
+
+    model = nn.Module()
+    model.encoder = nn.Linear(4, 4)
+    model.tag_decoder = nn.Linear(4, 2)
+    assert [g["lr"] for g in make_optimizer(model, 1e-3, 0.05).param_groups] == [1e-3, 1e-3]
+    opt = make_optimizer(model, 1e-3, 0.05, tag_decoder_lr=1e-2)
+    own = {id(p) for p in model.tag_decoder.parameters()}
+    by_lr: dict = {}
+    for g in opt.param_groups:
+        by_lr.setdefault(g["lr"], set()).update(id(p) for p in g["params"])
+    assert set(by_lr) == {1e-3, 1e-2} and by_lr[1e-2] == own
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0, 0.05, 0.0]  # weights decay, biases not
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup=2, total=10))
+    assert sorted({g["lr"] for g in opt.param_groups}) == pytest.approx([5e-4, 5e-3])  # warm-up step 1 of 2
+    del sched
+
+
+def test_tag_decoder_lr_is_logged_and_recorded(pairs, tiny_text_encoder, tmp_path):
+    out = tmp_path / "run.pt"
+    assert main(_args(pairs, tiny_text_encoder, out, "--max-steps", 2, "--tag-decoder-lr", "3e-3",
+                      "--val-fraction", 0)) == 0
+    assert load_mosmos_checkpoint(out)["provenance"]["optimizer"]["tag_decoder_lr"] == 3e-3
+    assert "lr 0.0003 (tag decoder 0.003)" in (tmp_path / "run_run" / "training_log.txt").read_text()
