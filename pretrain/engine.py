@@ -148,8 +148,9 @@ class Trainer:
                 ", inside the non-zero region (the plans' use_mask_for_norm)" if self.train_set.normalize else ""))
         self.log(f"Text encoder {text.name_or_path} (frozen, dim {text.dim}); {n_params / 1e6:.2f} M trainable "
                  f"parameters; {rt.world} process(es) on {rt.device}, amp {rt.amp_dtype}")
+        own_lr = "" if cfg.tag_decoder_lr is None else f" (tag decoder {cfg.tag_decoder_lr})"
         self.log(f"Schedule: {self.total_steps} steps ({self.steps_per_epoch} per epoch), warm-up {self.warmup}, "
-                 f"lr {cfg.lr}{self.tag_decoder_lr_note()}, weight decay {cfg.weight_decay}, batch {cfg.batch_size} x {rt.world}, loss = "
+                 f"lr {cfg.lr}{own_lr}, weight decay {cfg.weight_decay}, batch {cfg.batch_size} x {rt.world}, loss = "
                  f"{self.criterion_formula()}")
         self.log(f"Output {self.output}; run folder {self.run_dir}")
 
@@ -162,10 +163,6 @@ class Trainer:
                                       cfg.negative_free_weight)
         self.optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.tag_decoder_lr)
         self.scaler = torch.amp.GradScaler("cuda") if self.rt.amp_dtype == torch.float16 else None
-
-    def tag_decoder_lr_note(self) -> str:
-        lr = self.cfg.tag_decoder_lr
-        return "" if lr is None else f" (tag decoder {lr})"
 
     def criterion_formula(self) -> str:
         cfg = self.cfg

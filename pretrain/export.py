@@ -96,7 +96,8 @@ def build_payload(trainer) -> dict:
                              **({"negative_free": cfg.negative_free_weight} if "negative-free" in cfg.objectives
                                 else {})},
             "objectives": list(cfg.objectives),
-            "optimizer": {"lr": cfg.lr, "tag_decoder_lr": cfg.tag_decoder_lr, "weight_decay": cfg.weight_decay, "warmup_steps": trainer.warmup,
+            "optimizer": {"lr": cfg.lr, "tag_decoder_lr": cfg.tag_decoder_lr, "weight_decay": cfg.weight_decay,
+                          "warmup_steps": trainer.warmup,
                           "batch_size": cfg.batch_size, "world_size": trainer.rt.world},
             "seed": cfg.seed, "code_version": code_version(), "command": cfg.command,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "nnunet": nnunet,

@@ -199,9 +199,8 @@ def test_tag_decoder_learning_rate_is_its_own_group():
         by_lr.setdefault(g["lr"], set()).update(id(p) for p in g["params"])
     assert set(by_lr) == {1e-3, 1e-2} and by_lr[1e-2] == own
     assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0, 0.05, 0.0]  # weights decay, biases not
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup=2, total=10))
+    torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup=2, total=10))  # sets each group's lr at step 0
     assert sorted({g["lr"] for g in opt.param_groups}) == pytest.approx([5e-4, 5e-3])  # warm-up step 1 of 2
-    del sched
 
 
 def test_tag_decoder_lr_is_logged_and_recorded(pairs, tiny_text_encoder, tmp_path):
