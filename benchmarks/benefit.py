@@ -230,9 +230,12 @@ class Runner:
             self.run(["nnUNetv2_train", self.dataset_id, cf, "all", "-tr", arm.trainer, "-p", self.plans,
                       "-device", c.device], log, env)
             t_train = time.time()
+        # nnUNetv2_predict -device cpu takes cpu_count() threads, but its forward pass caps them at
+        # nnUNet_def_n_proc: one thread, as in training, so it does not slow the run beside it
         self.run(["nnUNetv2_predict", "-i", images, "-o", folder / "pred", "-d", self.dataset_id, "-c", cf,
                   "-f", "all", "-tr", arm.trainer, "-p", self.plans, "-device", c.device,
-                  "--disable_tta", "-npp", 1, "-nps", 1], log, env)
+                  "--disable_tta", "-npp", 1, "-nps", 1], log,
+                 {**env, "nnUNet_def_n_proc": self.env["MOSMOS_STUDY_THREADS"]})
         evaluate(labels, folder / "pred", model)
         result = {"arm": arm.name, "trainer": arm.trainer, "configuration": cf, "seed": seed,
                   "budget": [epochs, iters], "pretrained": str(ckpt) if ckpt else None,

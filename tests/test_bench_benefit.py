@@ -140,6 +140,8 @@ def test_run_arm_passes_budget_seed_and_checkpoint_and_resumes(tmp_path, monkeyp
                              "-device", "cpu"]
     assert env["MOSMOS_STUDY_SEED"] == "2" and env["MOSMOS_STUDY_EPOCHS"] == "3"
     assert runner.env["MOSMOS_STUDY_THREADS"] == "1"  # nnUNetv2_train -device cpu would take cpu_count()
+    predict_env = next(c[1] for c in runner.commands if c[0][0] == "nnUNetv2_predict")
+    assert predict_env["nnUNet_def_n_proc"] == "1"  # caps nnUNetv2_predict's forward pass at one thread
     # an arm with its own budget (the pilot) overrides the study's
     runner.run_arm(Arm("pilot", "nnUNetTrainer_mosmosStudy", budget=(5, 11)), 2)
     pilot_env = [c[1] for c in runner.commands if c[0][0] == "nnUNetv2_train"][-1]
@@ -237,6 +239,30 @@ def test_seed_fixes_the_initial_weights(tmp_path, monkeypatch):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_study_trainer_writes_only_the_final_checkpoint_and_plots_after_the_last_epoch(tmp_path, monkeypatch):
+    """The per-epoch checkpoint_best/latest writes and progress plots cost ~10 % of a CPU study run;
+    the study reads only checkpoint_final.pth, and the last epoch's plot shows every epoch."""
+    from benchmarks.common import build_trainer, plans_like, plans_like_configuration, workspace_env
+
+    monkeypatch.setenv("MOSMOS_STUDY_EPOCHS", "3")
+    plans, dataset_json = plans_like({"2d": plans_like_configuration([32, 32], max_stages=3)})
+    with workspace_env(tmp_path, None, False, None):
+        trainer = build_trainer(study_variants.nnUNetTrainer_mosmosStudy, plans, "2d", dataset_json,
+                                torch.device("cpu"))
+        out = Path(trainer.output_folder)
+        out.mkdir(parents=True, exist_ok=True)
+        for epoch in range(trainer.num_epochs):
+            for key, value in (("epoch_start_timestamps", 0.0), ("train_losses", 1.0 - epoch / 10),
+                               ("val_losses", 1.0), ("mean_fg_dice", 0.1 * epoch),
+                               ("dice_per_class_or_region", [0.1 * epoch])):
+                trainer.logger.log(key, value, epoch)
+            trainer.on_epoch_end()  # a better EMA Dice every epoch: nnU-Net would write checkpoint_best
+            assert (out / "progress.png").is_file() == (epoch == trainer.num_epochs - 1)
+        assert "plot_progress_png" not in vars(trainer.logger)  # the method is back after each epoch
+        trainer.save_checkpoint(str(out / "checkpoint_final.pth"))
+    assert sorted(p.name for p in out.glob("*.pth")) == ["checkpoint_final.pth"]
+
+
 # ------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
 def test_quick_study_end_to_end(tmp_path, tiny_text_encoder):
@@ -255,6 +281,9 @@ def test_quick_study_end_to_end(tmp_path, tiny_text_encoder):
     assert "mosmos_pretrained" in record["aggregate"]["paired"]["vs_plain"]
     log = next((out / "runs/mosmos_pretrained/seed0/results").rglob("training_log_*.txt")).read_text()
     assert "MOSMOS: initialised from" in log and "'num_iterations_per_epoch': 3" in log
+    fold = next((out / "runs/mosmos_pretrained/seed0/results").rglob("fold_all"))
+    assert {"checkpoint_final.pth", "progress.png", "progress_mosmos.png"} <= {p.name for p in fold.iterdir()}
+    assert not list(fold.glob("checkpoint_best.pth"))  # the study predicts from checkpoint_final only
     assert (out / "bench_benefit.png").stat().st_size > 1000
     # re-running resumes: no command runs again
     logs = {p: p.stat().st_mtime_ns for p in (out / "logs").iterdir()}

@@ -16,7 +16,12 @@ trainers read them from the environment, which the study sets per run:
   anything, so a seed fixes the initial weights and (with ``nnUNet_n_proc_DA=0``) the batches.
 
 They also skip nnU-Net's final validation (on fold ``all`` it would re-score the training cases;
-the study scores the held-out test set itself).
+the study scores the held-out test set itself), and they write only what the study reads: no
+``checkpoint_best.pth`` / ``checkpoint_latest.pth`` (the study predicts from ``checkpoint_final.pth``
+and resumes per run, not per epoch) and the progress plots once, after the last epoch, instead of
+every epoch. On the 2-core CPU these per-epoch writes took 55-76 s of a ~600 s run (2026-12-03,
+``docs/benchmarks.md``), more for MOSMOS (two plots) than for plain nnU-Net (one). None of it touches
+the weights, the batches or the random state.
 
 An unset variable keeps nnU-Net's default. The plain twin subclasses ``nnUNetTrainer`` itself, so
 "plain vs MOSMOS" differs only in what MOSMOS adds, never in the schedule.
@@ -24,6 +29,7 @@ An unset variable keeps nnU-Net's default. The plain twin subclasses ``nnUNetTra
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -82,10 +88,40 @@ class StudyBudgetMixin:
             setattr(self, attr, value)
         self.print_to_log_file(f"benefit study: seed {seed}, schedule {study_schedule()}")
 
+    #: the only checkpoint the study reads (``nnUNetv2_predict``'s default ``-chk``)
+    study_checkpoint = "checkpoint_final.pth"
+
+    def save_checkpoint(self, filename: str) -> None:
+        if os.path.basename(filename) == self.study_checkpoint:
+            super().save_checkpoint(filename)
+
+    def on_epoch_end(self):
+        if self.current_epoch == self.num_epochs - 1:
+            super().on_epoch_end()  # the last epoch plots every epoch's values, as nnU-Net's own would
+        else:
+            with _plots_off(self):
+                super().on_epoch_end()
+
     def perform_actual_validation(self, save_probabilities: bool = False):
         """Skipped: the study trains on fold ``all`` (validation cases = training cases) and scores
         the held-out test set itself; nnU-Net's final validation would only cost time."""
         self.print_to_log_file("benefit study: final validation skipped (fold all; the study evaluates imagesTs)")
+
+
+@contextmanager
+def _plots_off(trainer):
+    """Turn the per-epoch progress plots (nnU-Net's ``progress.png``, MOSMOS' ``progress_mosmos.png``)
+    into no-ops for one ``on_epoch_end``: an instance attribute shadows the method, deleting it
+    brings the method back."""
+    targets = [(obj, name) for obj, name in ((trainer.logger, "plot_progress_png"), (trainer, "_plot_mosmos_progress"))
+               if hasattr(obj, name)]
+    for obj, name in targets:
+        setattr(obj, name, lambda *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        for obj, name in targets:
+            delattr(obj, name)
 
 
 class nnUNetTrainer_mosmosStudy(StudyBudgetMixin, nnUNetTrainer):
