@@ -249,7 +249,9 @@ class Runner:
         keep = {k: v for k, v in asdict(self.c).items() if k not in ("output", "arms", "seeds", "jobs")}
         keep = json.loads(json.dumps(keep, default=str))
         saved = self.out / self.config_file
-        if saved.is_file() and json.loads(saved.read_text()) != keep:
+        # a setting added after a study was written matches it at its default (what the study ran with)
+        defaults = json.loads(json.dumps(asdict(type(self.c)(output=self.c.output)), default=str))
+        if saved.is_file() and {**{k: defaults[k] for k in keep}, **json.loads(saved.read_text())} != keep:
             raise RuntimeError(f"bench_benefit: {self.out} holds a study with other settings ({saved}); "
                                "re-run with the same settings to resume, or pass a new -o folder")
         saved.parent.mkdir(parents=True, exist_ok=True)

@@ -39,12 +39,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.benefit import Arm, Runner, StudyConfig, markdown_table, plot, study_record
-from benchmarks.real_data import CHAOS_SLICE_MM, SPLIT, TORSO_REGIONS, write_chaos_dataset, write_medpix_manifest
+from benchmarks.real_data import (CHAOS_SLICE_MM, SPLIT, TORSO_REGIONS, write_chaos_dataset, write_chaos_slice_manifest,
+                                  write_medpix_manifest)
 
 DATASETS = {1: (961, "CHAOSL1"), 2: (962, "CHAOSL2")}
 PLAN_SOURCE = 2  # the dataset nnU-Net plans (and pre-training builds its encoder from)
 
 PLAIN, SCRATCH = "plain", "mosmos_scratch"
+#: --pretrain-source -> the manifest file in the study folder (its path is part of the cache key)
+PRETRAIN_MANIFESTS = {"medpix": "medpix_torso.jsonl", "chaos": "chaos_slices.jsonl"}
 #: the full arms' pre-training, named explicitly since `mosmos-pretrain` writes lean decoders by default
 #: (the study's verdict); the published study ran before that change, with `[]` meaning the same
 FULL = ["--tag-decoder", "full"]
@@ -70,7 +73,7 @@ class ChaosConfig(StudyConfig):
     labelled: int = 2
     spacing: float = 4.0          # in-plane mm of the 2d configuration (CHAOS is 1.25 mm): the pilot's choice
     batch_size: int = 4           # 2d batch (nnU-Net's 5 %-of-data cap gives 3)
-    epochs: int = 32              # x iters = 800 iterations: what fits 75 min for 6 arms x 3 seeds (the pilot)
+    epochs: int = 32              # x iters = 800 iterations: the pilot's choice (6 arms x 3 seeds took 82-84 min)
     iters: int = 25
     val_iters: int = 1
     test_cases: tuple = SPLIT["test"]
@@ -82,6 +85,9 @@ class ChaosConfig(StudyConfig):
     medpix_root: str | None = None  # None: ../shared/data/medpix_train
     pretrain_args: list = field(default_factory=lambda: ["--max-steps", "300", "--batch-size", "32",
                                                          "--eval-every", "100"])
+    #: what the pre-trained arms pre-train on: "medpix" (torso image-caption pairs) or "chaos"
+    #: (labelled + pilot CHAOS slices with synthetic reports: change 2, the target modality)
+    pretrain_source: str = "medpix"
 
 
 class ChaosRunner(Runner):
@@ -93,7 +99,7 @@ class ChaosRunner(Runner):
         self.plans = f"{self.spacing_plans}_b{config.batch_size}"
         self.label_dir = self.out / (f"L{config.labelled}_pilot_{self.plans}" if config.pilot else f"L{config.labelled}")
         self.config_file = f"{self.label_dir.name}/study_config.json"
-        self.manifest = self.out / "medpix_torso.jsonl"
+        self.manifest = self.out / PRETRAIN_MANIFESTS[config.pretrain_source]
 
     def run_dir(self, arm: Arm, seed: int) -> Path:
         return self.label_dir / "runs" / arm.name / f"seed{seed}"
@@ -108,7 +114,9 @@ class ChaosRunner(Runner):
         for n, (dataset_id, name) in DATASETS.items():
             write_chaos_dataset(self.raw, dataset_id, name, SPLIT["labelled"][:n], c.test_cases, c.pilot_cases,
                                 c.chaos_root and Path(c.chaos_root))
-        if any(a.pretrain is not None for a in c.arms):
+        if any(a.pretrain is not None for a in c.arms) and c.pretrain_source == "chaos":
+            write_chaos_slice_manifest(self.manifest, src=c.chaos_root and Path(c.chaos_root))
+        elif any(a.pretrain is not None for a in c.arms):
             write_medpix_manifest(self.manifest, c.medpix_root and Path(c.medpix_root), c.regions, c.with_findings)
         source_id, source_name = DATASETS[PLAN_SOURCE]
         source = self.pre / f"Dataset{source_id}_{source_name}"
@@ -180,6 +188,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="2d batch size (custom plans file)")
     p.add_argument("--pretrain-args", default=shlex.join(d.pretrain_args),
                    help="mosmos-pretrain arguments shared by the pre-trained arms (one quoted string)")
+    p.add_argument("--pretrain-source", choices=sorted(PRETRAIN_MANIFESTS), default=d.pretrain_source,
+                   help="pre-training pairs: MedPix torso captions, or the labelled + pilot CHAOS slices with "
+                        "synthetic reports naming their organs (the target modality)")
     p.add_argument("--pilot", action="store_true", help="the plain arm at each --budgets, scored on the pilot cases")
     p.add_argument("--budgets", nargs="+", type=parse_budget, default=[], metavar="EPOCHSxITERS")
     p.add_argument("--quick", action="store_true", help="CI size: 2 arms, 1 seed, 2 iterations, 1 test case")
@@ -206,7 +217,8 @@ def parse_args(argv=None):
                          epochs=args.epochs, iters=args.iters, val_iters=args.val_iters, spacing=args.spacing,
                          batch_size=args.batch_size, pilot=args.pilot, pretrain_args=shlex.split(args.pretrain_args),
                          device=args.device, jobs=args.jobs, text_encoder=args.text_encoder,
-                         chaos_root=args.chaos_root, medpix_root=args.medpix_root)
+                         chaos_root=args.chaos_root, medpix_root=args.medpix_root,
+                         pretrain_source=args.pretrain_source)
     if args.pilot:
         config.labelled, config.seeds = 2, (0,)
     if args.quick:

@@ -14,10 +14,14 @@ provenance and licences) and writes into a study folder.
   report text is the image's caption followed by its case's "Findings" section: captions alone
   are short (median 21 words, some just "pelvis") while the findings are the report text of the
   same case, which is what MOSMOS means by report supervision.
+* **CHAOS slices with synthetic reports** (change 2 of issue #10, ``--pretrain-source chaos``): the
+  target modality itself. Only the labelled and pilot volumes (:data:`PRETRAIN_CASES`), each
+  organ-bearing axial slice with a report naming the organs on it (:func:`slice_report`).
 """
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -30,6 +34,9 @@ CHAOS_LABELS = {"background": 0, "liver": 1, "kidney_right": 2, "kidney_left": 3
 #: cases (choose resolution and budget), and the test cases (>= 10, never trained on)
 SPLIT = {"labelled": (1, 2), "pilot": (3, 5, 8, 10),
          "test": (13, 15, 19, 20, 21, 22, 31, 32, 33, 34, 36, 37, 38, 39)}
+#: CHAOS volumes whose slices may serve as pre-training pairs (change 2): the labelled and pilot cases,
+#: never a test case
+PRETRAIN_CASES = SPLIT["labelled"] + SPLIT["pilot"]
 #: CHAOS slice distance; the 2d configuration never resamples along z, the plans need a value anyway
 CHAOS_SLICE_MM = 7.7
 TORSO_REGIONS = ("Abdomen", "Reproductive and Urinary System", "Thorax")
@@ -120,6 +127,67 @@ def write_medpix_manifest(path: Path, src: Path | None = None, regions=TORSO_REG
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps({"image": r["image"], "text": r["text"]}) + "\n" for r in rows),
                    encoding="utf-8")
+    tmp.rename(path)
+    return path
+
+
+#: sentences of the slice reports: every organ is named as the subject of its sentence, affirmatively,
+#: with the word the tag extractor reads (as ``nnunet_mosmos.synthetic.reports`` does for phantoms)
+SLICE_SENTENCES = {
+    1: ("The liver is unremarkable.", "The liver is normal in size and signal.", "The liver is seen."),
+    2: ("The right kidney is unremarkable.", "The right kidney is normal.", "The right kidney is seen."),
+    3: ("The left kidney is unremarkable.", "The left kidney is normal.", "The left kidney is seen."),
+    4: ("The spleen is normal in size.", "The spleen is unremarkable.", "The spleen is seen."),
+}
+SLICE_OPENINGS = ("Axial T2-weighted MR image of the upper abdomen.", "Axial T2 SPIR MR slice of the abdomen.",
+                  "T2-weighted axial MR of the abdomen.")
+
+
+def slice_report(labels_present, rng: np.random.Generator) -> str:
+    """A short report that names exactly the CHAOS organs on one axial slice."""
+    parts = [SLICE_OPENINGS[rng.integers(len(SLICE_OPENINGS))]]
+    parts += [SLICE_SENTENCES[v][rng.integers(len(SLICE_SENTENCES[v]))] for v in sorted(labels_present)]
+    return " ".join(parts)
+
+
+def write_chaos_slice_manifest(path: Path, cases=PRETRAIN_CASES, src: Path | None = None,
+                               min_pixels: int = 50) -> Path:
+    """Change 2 of issue #10, pre-training on the target modality: every axial slice of ``cases`` that
+    shows an organ (>= ``min_pixels`` pixels of it, at CHAOS's 1.25 mm) becomes a pair of a 16-bit
+    PNG (the MR values; ``mosmos-pretrain`` z-scores each image) and a :func:`slice_report` of the
+    organs on it. The reports are synthetic: they carry exactly the image-level organ labels of the
+    slice, the weak supervision a per-image report gives. Slices without an organ are left out
+    (the tag extractor would find no tag). Written into temporary names and renamed."""
+    import SimpleITK as sitk
+    from PIL import Image
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    if set(cases) & set(SPLIT["test"]):
+        raise ValueError(f"test cases {sorted(set(cases) & set(SPLIT['test']))} may not be pre-trained on")
+    src = Path(src or SHARED_DATA / "chaos_mr")
+    images = path.with_name(path.stem + "_png")
+    tmp_images, tmp = images.with_name(images.name + ".tmp"), path.with_name(path.name + ".tmp")
+    tmp_images.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for case in cases:
+        image, label = _chaos_pair(src, case)
+        volume = sitk.GetArrayFromImage(sitk.ReadImage(str(image)))
+        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(label)))
+        for z in range(volume.shape[0]):
+            values, counts = np.unique(seg[z], return_counts=True)
+            present = [int(v) for v, n in zip(values, counts) if v in SLICE_SENTENCES and n >= min_pixels]
+            if not present:
+                continue
+            name = f"CHAOS_{case:03d}_z{z:02d}.png"
+            Image.fromarray(np.clip(volume[z], 0, 65535).astype(np.uint16)).save(tmp_images / name)
+            text = slice_report(present, np.random.default_rng([case, z]))
+            lines.append(json.dumps({"image": f"{images.name}/{name}", "text": text}) + "\n")
+    if images.exists():
+        shutil.rmtree(images)
+    tmp_images.rename(images)
+    tmp.write_text("".join(lines), encoding="utf-8")
     tmp.rename(path)
     return path
 

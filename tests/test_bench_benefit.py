@@ -163,6 +163,18 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
         Runner(StudyConfig(output=tmp_path, epochs=4)).check_config()
 
 
+def test_a_setting_added_later_matches_an_older_study_at_its_default(tmp_path):
+    saved = tmp_path / "study_config.json"
+    Runner(StudyConfig(output=tmp_path)).check_config()
+    older = json.loads(saved.read_text())
+    del older["val_iters"]  # as if the setting did not exist when the study was written
+    saved.write_text(json.dumps(older))
+    Runner(StudyConfig(output=tmp_path)).check_config()  # the default: the same study
+    saved.write_text(json.dumps(older))
+    with pytest.raises(RuntimeError, match="other settings"):
+        Runner(StudyConfig(output=tmp_path, val_iters=7)).check_config()
+
+
 def test_cli_rejects_unknown_arm(capsys):
     with pytest.raises(SystemExit):
         study.parse_args(["--arms", "plain", "nope"])

@@ -5,6 +5,7 @@ MedPix-format fixture of tests/data (see its README), the split rules, the argum
 one ``--quick`` run end to end for the output shape only (slow).
 """
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,45 @@ def test_medpix_manifest_keeps_torso_regions_and_joins_caption_and_findings(tmp_
     assert len(lines) == 8 and set(lines[0]) == {"image", "text"} and Path(lines[0]["image"]).is_file()
     counts = real_data.tag_counts(rows)
     assert counts["Abdomen"]["tags"]["liver"] >= 2 and counts["Abdomen"]["pairs"] == 4
+
+
+def test_chaos_slice_manifest_names_exactly_the_organs_on_each_slice(tmp_path):
+    """Change 2's pre-training pairs: one per organ-bearing slice, 16-bit MR values, a report whose
+    mined tags are the slice's organs (both kidneys are the one tag "kidney")."""
+    import numpy as np
+    import SimpleITK as sitk
+    from PIL import Image
+
+    from nnunet_mosmos.tags import extract_tags
+
+    path = real_data.write_chaos_slice_manifest(tmp_path / "chaos_slices.jsonl", (1, 3), CHAOS_SMALL)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    seg = {c: sitk.GetArrayFromImage(sitk.ReadImage(str(CHAOS_SMALL / f"label_{c}.nii.gz"))) for c in (1, 3)}
+    image = {c: sitk.GetArrayFromImage(sitk.ReadImage(str(CHAOS_SMALL / f"image_{c}.nii.gz"))) for c in (1, 3)}
+    with_organ = {(c, z) for c in (1, 3) for z in range(seg[c].shape[0])
+                  if any((seg[c][z] == v).sum() >= 50 for v in (1, 2, 3, 4))}
+    assert len(rows) == len(with_organ) > 0
+    names = {"liver": {1}, "kidney": {2, 3}, "spleen": {4}}
+    for row in rows:
+        case, z = (int(v) for v in re.fullmatch(r"chaos_slices_png/CHAOS_(\d{3})_z(\d{2})\.png", row["image"]).groups())
+        assert (case, z) in with_organ
+        present = {v for v in (1, 2, 3, 4) if (seg[case][z] == v).sum() >= 50}
+        assert extract_tags(row["text"]) == {t for t, vs in names.items() if vs & present}
+        png = np.asarray(Image.open(path.parent / row["image"]))
+        assert png.dtype == np.uint16 and np.array_equal(png, np.clip(image[case][z], 0, 65535).astype(np.uint16))
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(ValueError, match=r"test cases \[13\] may not be pre-trained on"):
+        real_data.write_chaos_slice_manifest(tmp_path / "bad.jsonl", (1, 13), CHAOS_SMALL)
+    assert not (tmp_path / "bad.jsonl").exists()
+
+
+def test_pretrain_source_chooses_the_manifest(tmp_path):
+    _, config = chaos.parse_args(["-o", str(tmp_path), "--pretrain-source", "chaos"])
+    runner = chaos.ChaosRunner(config)
+    cmd = runner.pretrain_command(chaos.ARMS[-1])
+    assert cmd[cmd.index("--manifest") + 1] == str(tmp_path.resolve() / "chaos_slices.jsonl")
+    _, default = chaos.parse_args(["-o", str(tmp_path)])
+    assert chaos.ChaosRunner(default).manifest.name == "medpix_torso.jsonl"
 
 
 def test_budget_argument_and_pilot_arms():
